@@ -1,0 +1,58 @@
+# cardsync build, run, test and benchmark entry points.
+GO          ?= go
+BIN         := bin/cardsync
+GOPATH_BIN  := $(shell $(GO) env GOPATH)/bin
+STATICCHECK := $(GOPATH_BIN)/staticcheck
+STATICCHECK_VERSION := v0.8.2
+DEV_DIR     ?= .cardsync-dev
+# Packages whose code runs goroutines concurrently: run under the race detector.
+RACE_PKGS   := ./fsm/... ./membership/... ./node/... ./syncer/... ./carrier/...
+
+.PHONY: all build run test race lint vet staticcheck bench bench-quick fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/cardsync
+
+## run: a single dev node with the carrier simulator and sample inventory; dashboard on http://127.0.0.1:8700/ui/
+run: build
+	./$(BIN) agent -dev -data-dir $(DEV_DIR)
+
+## test: every unit and integration test (real Raft, gossip and sockets on 127.0.0.1)
+test:
+	$(GO) test -count=1 -timeout 9m ./...
+
+race:
+	$(GO) test -count=1 -race -timeout 15m $(RACE_PKGS)
+
+vet:
+	$(GO) vet ./...
+
+$(STATICCHECK):
+	GOFLAGS= $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+staticcheck: $(STATICCHECK)
+	$(STATICCHECK) ./...
+
+lint: vet staticcheck
+
+## bench: benchmarks of record (see docs/benchmarks.md)
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
+
+bench-quick:
+	$(GO) test -run '^$$' -bench . -benchtime 1x -short -timeout 10m ./...
+
+## fuzz: run each fuzz target briefly (FUZZTIME=10m for a long run)
+FUZZTIME ?= 20s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$t"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+clean:
+	rm -rf bin $(DEV_DIR)
