@@ -1,0 +1,330 @@
+package carrier
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/sony/gobreaker/v2"
+	"golang.org/x/time/rate"
+)
+
+// Account is a Client behind the account's rate limiter, concurrency cap and
+// circuit breaker. Every HTTP data call the adapter makes waits for one
+// limiter token; a Query holds one concurrency slot for all its calls.
+// The limits are this node's share of the account's cluster-wide quota and
+// can be changed at run time with SetShare.
+type Account struct {
+	cfg     AccountConfig
+	client  Client
+	logger  hclog.Logger
+	limiter *rate.Limiter
+	breaker *gobreaker.CircuitBreaker[[]Result]
+
+	mu          sync.Mutex
+	shareRate   float64
+	shareBurst  int
+	shareConc   int
+	inFlight    int
+	wake        chan struct{} // closed and replaced when a slot frees or the share changes
+	consecutive int           // consecutive whole-call failures, for Backoff
+
+	calls, httpCalls, successes   atomic.Uint64
+	limiterWaits, slotWaits       atomic.Uint64
+	limiterWaitNanos              atomic.Int64
+	circuitRejects                atomic.Uint64
+	errorsByKind, cardErrorsByKnd [NumKinds]atomic.Uint64
+	cards                         atomic.Uint64
+}
+
+// AccountStats is a snapshot of an Account's counters.
+type AccountStats struct {
+	Account, Carrier    string
+	Calls               uint64            // Query calls that went to the carrier
+	HTTPCalls           uint64            // data HTTP calls (each waited for one limiter token)
+	Successes           uint64            // Query calls that succeeded as a whole
+	Errors              map[string]uint64 // whole-call failures by kind
+	CardErrors          map[string]uint64 // per-card failures by kind
+	Cards               uint64            // cards returned
+	LimiterWaits        uint64            // HTTP calls that had to wait for the limiter
+	LimiterWaitTime     time.Duration     // total time spent waiting for the limiter
+	SlotWaits           uint64            // Query calls that had to wait for a concurrency slot
+	CircuitRejects      uint64            // Query calls refused because the breaker was open
+	Breaker             string            // closed | half-open | open
+	InFlight            int
+	ConsecutiveFailures int
+	RatePerSec          float64 // current share
+	Burst, Concurrency  int
+}
+
+// NewAccount builds the adapter for cfg and wraps it. Its initial share is
+// the whole quota in cfg.
+func NewAccount(cfg AccountConfig, hc *http.Client, logger hclog.Logger) (*Account, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	a := &Account{
+		cfg:     cfg,
+		logger:  logger.Named("account").With("account", cfg.ID, "carrier", cfg.Carrier),
+		limiter: rate.NewLimiter(0, 1),
+		wake:    make(chan struct{}),
+	}
+	client, err := newAdapter(cfg, hc, logger, a.gate)
+	if err != nil {
+		return nil, err
+	}
+	a.client = client
+	a.breaker = gobreaker.NewCircuitBreaker[[]Result](gobreaker.Settings{
+		Name:    cfg.ID,
+		Timeout: cfg.BreakerOpen,
+		ReadyToTrip: func(c gobreaker.Counts) bool {
+			return c.ConsecutiveFailures >= uint32(cfg.BreakerFailures)
+		},
+		// Only transient failures count against the carrier; rate limits,
+		// auth and per-card errors are answers, not outages.
+		IsSuccessful: func(err error) bool { return KindOf(err) != KindTransient },
+		// A caller that gave up says nothing about the carrier.
+		IsExcluded: func(err error) bool {
+			var g *callerGone
+			return errors.As(err, &g)
+		},
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			a.logger.Warn("circuit breaker", "from", from.String(), "to", to.String())
+		},
+	})
+	a.SetShare(cfg.RatePerSec, cfg.Burst, cfg.Concurrency)
+	return a, nil
+}
+
+// Config returns the account's configuration.
+func (a *Account) Config() AccountConfig { return a.cfg }
+
+// Carrier names the account's carrier.
+func (a *Account) Carrier() string { return a.client.Carrier() }
+
+// BatchSize is the carrier's batch limit.
+func (a *Account) BatchSize() int { return a.client.BatchSize() }
+
+// ID is the account id.
+func (a *Account) ID() string { return a.cfg.ID }
+
+// SetShare sets this node's share of the account's quota. The limiter runs
+// at ratePerSec*(1-Headroom) with burst-1 (at least 1) so the carrier's own
+// bucket always keeps slack. A rate <= 0 or a concurrency <= 0 stops new
+// calls: Query waits until the share is positive again or its ctx ends.
+func (a *Account) SetShare(ratePerSec float64, burst, concurrency int) {
+	if burst < 1 {
+		burst = 1
+	}
+	if concurrency < 0 {
+		concurrency = 0
+	}
+	a.mu.Lock()
+	a.shareRate, a.shareBurst, a.shareConc = ratePerSec, burst, concurrency
+	eff := ratePerSec * (1 - a.cfg.Headroom)
+	if eff < 0 {
+		eff = 0
+	}
+	effBurst := burst
+	if effBurst > 1 {
+		effBurst--
+	}
+	a.limiter.SetLimit(rate.Limit(eff))
+	a.limiter.SetBurst(effBurst)
+	a.broadcastLocked()
+	a.mu.Unlock()
+}
+
+// Share returns the current share.
+func (a *Account) Share() (ratePerSec float64, burst, concurrency int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.shareRate, a.shareBurst, a.shareConc
+}
+
+func (a *Account) broadcastLocked() {
+	close(a.wake)
+	a.wake = make(chan struct{})
+}
+
+// acquire takes a concurrency slot, waiting while none is free or the share is zero.
+func (a *Account) acquire(ctx context.Context) error {
+	waited := false
+	for {
+		a.mu.Lock()
+		if a.shareRate > 0 && a.inFlight < a.shareConc {
+			a.inFlight++
+			a.mu.Unlock()
+			return nil
+		}
+		ch := a.wake
+		a.mu.Unlock()
+		if !waited {
+			waited = true
+			a.slotWaits.Add(1)
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (a *Account) release() {
+	a.mu.Lock()
+	a.inFlight--
+	a.broadcastLocked()
+	a.mu.Unlock()
+}
+
+// gate waits for one limiter token before each HTTP data call.
+func (a *Account) gate(ctx context.Context) error {
+	a.httpCalls.Add(1)
+	r := a.limiter.Reserve()
+	if !r.OK() {
+		return &Error{Carrier: a.cfg.Carrier, Account: a.cfg.ID, Kind: KindTransient, Message: "limiter refused the call"}
+	}
+	d := r.Delay()
+	if d == 0 {
+		return nil
+	}
+	a.limiterWaits.Add(1)
+	a.limiterWaitNanos.Add(int64(d))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		r.Cancel()
+		return ctx.Err()
+	}
+}
+
+// Query waits for a concurrency slot, then calls the carrier through the
+// breaker; each HTTP call inside waits for the limiter. While the breaker is
+// open it fails at once with a KindTransient error wrapping ErrCircuitOpen.
+func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) {
+	if a.breaker.State() == gobreaker.StateOpen {
+		a.circuitRejects.Add(1)
+		return nil, a.circuitOpen()
+	}
+	if err := a.acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer a.release()
+	a.calls.Add(1)
+	res, err := a.breaker.Execute(func() ([]Result, error) {
+		res, err := a.client.Query(ctx, iccids)
+		if err != nil && ctx.Err() != nil {
+			return nil, &callerGone{err: err}
+		}
+		return res, err
+	})
+	var gone *callerGone
+	if errors.As(err, &gone) {
+		err = gone.err
+	}
+	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+		a.circuitRejects.Add(1)
+		return nil, a.circuitOpen()
+	}
+	a.mu.Lock()
+	if err != nil {
+		a.consecutive++
+	} else {
+		a.consecutive = 0
+	}
+	a.mu.Unlock()
+	if err != nil {
+		a.errorsByKind[KindOf(err)].Add(1)
+		a.logger.Debug("query failed", "cards", len(iccids), "kind", KindOf(err).String(), "error", err)
+		return nil, err
+	}
+	a.successes.Add(1)
+	for _, r := range res {
+		if r.Err != nil {
+			a.cardErrorsByKnd[KindOf(r.Err)].Add(1)
+		} else {
+			a.cards.Add(1)
+		}
+	}
+	return res, nil
+}
+
+func (a *Account) circuitOpen() error {
+	return &Error{Carrier: a.cfg.Carrier, Account: a.cfg.ID, Kind: KindTransient, Code: "circuit_open",
+		Message: "circuit breaker open after repeated transient failures", RetryAfter: a.cfg.BreakerOpen, Err: ErrCircuitOpen}
+}
+
+// Backoff says how long to leave the account alone after err: the
+// carrier's Retry-After where given, else BackoffBase*2^(n-1) with jitter
+// for the n-th consecutive failed Query (capped at BackoffMax). The count
+// resets on a successful Query.
+func (a *Account) Backoff(err error) time.Duration {
+	if ra := RetryAfter(err); ra > 0 {
+		return ra
+	}
+	a.mu.Lock()
+	n := a.consecutive
+	a.mu.Unlock()
+	if n < 1 {
+		n = 1
+	}
+	d := a.cfg.BackoffBase
+	for i := 1; i < n && d < a.cfg.BackoffMax; i++ {
+		d *= 2
+	}
+	if d > a.cfg.BackoffMax {
+		d = a.cfg.BackoffMax
+	}
+	half := d / 2
+	return half + time.Duration(rand.Int64N(int64(half)+1))
+}
+
+// Stats returns a snapshot of the account's counters.
+func (a *Account) Stats() AccountStats {
+	a.mu.Lock()
+	s := AccountStats{
+		Account: a.cfg.ID, Carrier: a.cfg.Carrier,
+		InFlight: a.inFlight, ConsecutiveFailures: a.consecutive,
+		RatePerSec: a.shareRate, Burst: a.shareBurst, Concurrency: a.shareConc,
+	}
+	a.mu.Unlock()
+	s.Calls = a.calls.Load()
+	s.HTTPCalls = a.httpCalls.Load()
+	s.Successes = a.successes.Load()
+	s.Cards = a.cards.Load()
+	s.LimiterWaits = a.limiterWaits.Load()
+	s.LimiterWaitTime = time.Duration(a.limiterWaitNanos.Load())
+	s.SlotWaits = a.slotWaits.Load()
+	s.CircuitRejects = a.circuitRejects.Load()
+	s.Breaker = strings.ToLower(a.breaker.State().String())
+	s.Errors = map[string]uint64{}
+	s.CardErrors = map[string]uint64{}
+	for k := 1; k < NumKinds; k++ {
+		if v := a.errorsByKind[k].Load(); v > 0 {
+			s.Errors[Kind(k).String()] = v
+		}
+		if v := a.cardErrorsByKnd[k].Load(); v > 0 {
+			s.CardErrors[Kind(k).String()] = v
+		}
+	}
+	return s
+}
+
+// callerGone marks a failure caused by the caller's context ending.
+type callerGone struct{ err error }
+
+func (c *callerGone) Error() string { return c.err.Error() }
+func (c *callerGone) Unwrap() error { return c.err }
