@@ -26,8 +26,10 @@ type applier struct {
 	now   int64
 
 	accCache map[string]*Account
-	buf      []byte
-	keyBuf   []byte
+	// scratch is reused to encode records; keep copies them into arena, because bbolt
+	// holds on to the keys and values given to Put until the transaction ends.
+	scratch []byte
+	arena   []byte
 	// changesAdded counts change events written by this batch; retention runs once in
 	// finish, which leaves the same newest events as trimming after every command.
 	changesAdded uint64
@@ -187,8 +189,8 @@ func (a *applier) shard(id string) (*shardRec, error) {
 }
 
 func (a *applier) putShard(id string, s *shardRec) error {
-	a.buf = s.encode(a.buf)
-	return a.shards.Put([]byte(id), a.buf)
+	a.scratch = s.encode(a.scratch)
+	return a.shards.Put([]byte(id), a.keep(a.scratch))
 }
 
 func (a *applier) group(g int) (*groupRec, error) {
@@ -299,8 +301,25 @@ const (
 
 // ---- helpers for the flush path ----
 
-func seqKey(buf []byte, seq uint64) []byte {
-	return binary.BigEndian.AppendUint64(buf[:0], seq)
+const arenaChunk = 64 << 10
+
+// keep returns a copy of b that stays valid until the transaction ends.
+func (a *applier) keep(b []byte) []byte {
+	if len(b) > arenaChunk/4 {
+		return append([]byte(nil), b...)
+	}
+	if len(a.arena)+len(b) > cap(a.arena) {
+		a.arena = make([]byte, 0, arenaChunk)
+	}
+	n := len(a.arena)
+	a.arena = append(a.arena, b...)
+	return a.arena[n:len(a.arena):len(a.arena)]
+}
+
+func (a *applier) seqKey(seq uint64) []byte {
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], seq)
+	return a.keep(k[:])
 }
 
 func hasPrefix(k, prefix []byte) bool { return bytes.HasPrefix(k, prefix) }

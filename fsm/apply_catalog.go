@@ -330,8 +330,8 @@ func (a *applier) importCards(p *ImportCards) (*Result, error) {
 			continue
 		}
 		o.Account, o.MSISDN, o.IMSI, o.IMEI = it.acct, c.MSISDN, c.IMSI, c.IMEI
-		a.buf = o.encode(a.buf)
-		if err := a.cards.Put(joinKey(it.shard, it.iccid), a.buf); err != nil {
+		a.scratch = o.encode(a.scratch)
+		if err := a.cards.Put(joinKey(it.shard, it.iccid), a.keep(a.scratch)); err != nil {
 			return nil, err
 		}
 		updated++
@@ -365,8 +365,8 @@ func (a *applier) importCards(p *ImportCards) (*Result, error) {
 			}
 		}
 		rec := cardRec{Enterprise: c.Enterprise, Account: it.acct, MSISDN: c.MSISDN, IMSI: c.IMSI, IMEI: c.IMEI, Group: g}
-		a.buf = rec.encode(a.buf)
-		if err := a.cards.Put(joinKey(id, it.iccid), a.buf); err != nil {
+		a.scratch = rec.encode(a.scratch)
+		if err := a.cards.Put(joinKey(id, it.iccid), a.keep(a.scratch)); err != nil {
 			return nil, err
 		}
 		if err := a.iccids.Put([]byte(it.iccid), []byte(id)); err != nil {
@@ -514,8 +514,8 @@ func (a *applier) resync(p *Resync) (*Result, error) {
 			continue
 		}
 		rec.ValidUntil = 0
-		a.buf = rec.encode(a.buf)
-		if err := a.cards.Put(key, a.buf); err != nil {
+		a.scratch = rec.encode(a.scratch)
+		if err := a.cards.Put(key, a.keep(a.scratch)); err != nil {
 			return nil, err
 		}
 	}

@@ -110,16 +110,15 @@ func (a *applier) flush(p *Flush) (*Result, error) {
 		c.ValidUntil = addNanos(a.now, time.Duration(ttl))
 		c.SyncedEpoch = s.Epoch
 		c.SyncCount++
-		a.buf = c.encode(a.buf)
-		if err := a.cards.Put(keys[i], a.buf); err != nil {
+		a.scratch = c.encode(a.scratch)
+		if err := a.cards.Put(keys[i], a.keep(a.scratch)); err != nil {
 			return nil, err
 		}
 		if c.Data.changedFrom(before) || c.ErrKind != beforeErr {
 			ch = changeRec{ICCID: r.ICCID, Enterprise: c.Enterprise, Before: before, After: c.Data,
 				BeforeErr: beforeErr, AfterErr: c.ErrKind, Time: a.now}
-			a.buf = ch.encode(a.buf)
-			a.keyBuf = seqKey(a.keyBuf, a.index<<16|uint64(i))
-			if err := a.changes.Put(a.keyBuf, a.buf); err != nil {
+			a.scratch = ch.encode(a.scratch)
+			if err := a.changes.Put(a.seqKey(a.index<<16|uint64(i)), a.keep(a.scratch)); err != nil {
 				return nil, err
 			}
 			a.changesAdded++
