@@ -155,3 +155,7 @@ func (h *harness) claimTask(shard, node string) (uint64, uint64) {
 	st := h.ok(StartTask{Shard: shard, Node: node, Epoch: r.Epoch, DepVersion: 7})
 	return r.Epoch, st.TaskID
 }
+
+func rawLog(idx uint64, data []byte) []raft.Log {
+	return []raft.Log{{Index: idx, Type: raft.LogCommand, Data: data}}
+}
