@@ -1,0 +1,238 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"cardsync/fsm"
+)
+
+var errLeaderUnreachable = errors.New("leader unreachable")
+
+const (
+	hdrTime      = "X-Cardsync-Time"
+	hdrSignature = "X-Cardsync-Signature"
+	maxSkew      = 30 * time.Second
+	maxCmdBytes  = 64 << 20
+)
+
+// forwarder sends proposals from a follower to the leader's internal HTTP endpoint over
+// pooled connections, signing each request with the cluster secret.
+type forwarder struct {
+	secret []byte
+	client *http.Client
+	tr     *http.Transport
+
+	mu   sync.Mutex
+	seen map[string]time.Time // signatures seen within maxSkew: replay protection
+}
+
+func newForwarder(secret string) *forwarder {
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        64,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return &forwarder{
+		secret: []byte(secret),
+		tr:     tr,
+		client: &http.Client{Transport: tr, Timeout: 30 * time.Second},
+		seen:   map[string]time.Time{},
+	}
+}
+
+func (f *forwarder) close() { f.tr.CloseIdleConnections() }
+
+func (f *forwarder) mac(ts string, body []byte) string {
+	h := hmac.New(sha256.New, f.secret)
+	h.Write([]byte(ts))
+	h.Write([]byte{'\n'})
+	h.Write(body)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func (f *forwarder) sign(req *http.Request, body []byte) {
+	if len(f.secret) == 0 {
+		return
+	}
+	ts := strconv.FormatInt(time.Now().UnixNano(), 10)
+	req.Header.Set(hdrTime, ts)
+	req.Header.Set(hdrSignature, f.mac(ts, body))
+}
+
+// verify checks an internal request's signature, its age, and that it was not seen before.
+func (f *forwarder) verify(r *http.Request, body []byte) error {
+	if len(f.secret) == 0 {
+		return nil
+	}
+	ts := r.Header.Get(hdrTime)
+	sig := r.Header.Get(hdrSignature)
+	nanos, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil || sig == "" {
+		return errors.New("missing or malformed signature")
+	}
+	if d := time.Since(time.Unix(0, nanos)); d > maxSkew || d < -maxSkew {
+		return errors.New("signature timestamp outside the allowed window")
+	}
+	if !hmac.Equal([]byte(sig), []byte(f.mac(ts, body))) {
+		return errors.New("bad signature")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	for k, t := range f.seen {
+		if now.Sub(t) > 2*maxSkew {
+			delete(f.seen, k)
+		}
+	}
+	if _, dup := f.seen[sig]; dup {
+		return errors.New("replayed request")
+	}
+	f.seen[sig] = now
+	return nil
+}
+
+type proposeReply struct {
+	Result *fsm.Result `json:"result,omitempty"`
+	Code   string      `json:"code,omitempty"`
+	Error  string      `json:"error,omitempty"`
+}
+
+func (n *Node) leaderHTTPAddr() (string, error) {
+	_, id := n.raft.LeaderWithID()
+	if id == "" {
+		return "", ErrNoLeader
+	}
+	if string(id) == n.name {
+		return n.HTTPAddr(), nil
+	}
+	for _, m := range n.members.Members() {
+		if m.Name == string(id) && m.Meta.HTTPAddr != "" {
+			return m.Meta.HTTPAddr, nil
+		}
+	}
+	return "", fmt.Errorf("%w: leader %s has no known HTTP address", ErrNoLeader, id)
+}
+
+func (n *Node) forward(ctx context.Context, cmd []byte) (*fsm.Result, error) {
+	addr, err := n.leaderHTTPAddr()
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/internal/v1/propose", bytes.NewReader(cmd))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	n.forwarder.sign(req, cmd)
+	resp, err := n.forwarder.client.Do(req)
+	if err != nil {
+		// A pooled connection may be dead after the leader restarted: dial fresh next time.
+		n.forwarder.tr.CloseIdleConnections()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: %v", errLeaderUnreachable, err)
+	}
+	defer resp.Body.Close()
+	var rep proposeReply
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&rep); err != nil {
+		return nil, fmt.Errorf("%w: bad reply (status %d): %v", errLeaderUnreachable, resp.StatusCode, err)
+	}
+	if rep.Code == "" && rep.Error == "" {
+		if rep.Result == nil {
+			rep.Result = &fsm.Result{}
+		}
+		return rep.Result, nil
+	}
+	return nil, errorFromCode(rep.Code, rep.Error)
+}
+
+// errorCode and errorFromCode carry errors across forwarding so errors.Is still works.
+func errorCode(err error) string {
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return "not_leader"
+	case errors.Is(err, ErrNoLeader):
+		return "no_leader"
+	case errors.Is(err, ErrShutdown), errors.Is(err, raft.ErrRaftShutdown):
+		return "shutdown"
+	case errors.Is(err, raft.ErrLeadershipLost):
+		return "leadership_lost"
+	}
+	if c := fsm.ErrorCode(err); c != "" {
+		return c
+	}
+	return "internal"
+}
+
+func errorFromCode(code, msg string) error {
+	switch code {
+	case "not_leader":
+		return fmt.Errorf("%w: %s", raft.ErrNotLeader, msg)
+	case "no_leader":
+		return fmt.Errorf("%w: %s", ErrNoLeader, msg)
+	case "shutdown":
+		return fmt.Errorf("%w: %s", errLeaderUnreachable, msg)
+	case "leadership_lost":
+		return fmt.Errorf("%w: %s", raft.ErrLeadershipLost, msg)
+	case "internal", "":
+		return errors.New(msg)
+	}
+	return fsm.ErrorFromCode(code, msg)
+}
+
+func (n *Node) handlePropose(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxCmdBytes+1))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "read body: "+err.Error())
+		return
+	}
+	if len(body) > maxCmdBytes {
+		writeError(w, http.StatusRequestEntityTooLarge, "command too large")
+		return
+	}
+	if err := n.forwarder.verify(r, body); err != nil {
+		writeError(w, http.StatusUnauthorized, err.Error())
+		return
+	}
+	if n.raft.State() != raft.Leader {
+		writeJSON(w, http.StatusOK, proposeReply{Code: "not_leader", Error: "not the leader"})
+		return
+	}
+	if _, err := fsm.Decode(body); err != nil {
+		writeJSON(w, http.StatusOK, proposeReply{Code: errorCode(err), Error: err.Error()})
+		return
+	}
+	res, err := n.applyLocal(r.Context(), body)
+	if err != nil {
+		writeJSON(w, http.StatusOK, proposeReply{Code: errorCode(err), Error: err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, proposeReply{Result: res})
+}
+
+func (n *Node) handlePeers(w http.ResponseWriter, r *http.Request) {
+	if err := n.forwarder.verify(r, nil); err != nil {
+		writeError(w, http.StatusUnauthorized, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, n.localPeers())
+}

@@ -1,0 +1,95 @@
+package syncer
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config configures a node's syncer.
+type Config struct {
+	// PollInterval is the timed-polling period (claim 1 step 2).
+	PollInterval time.Duration
+	// Lease is how long a claim stays live without a flush; flushes renew it. Gossip-driven
+	// revocation is the fast path of a takeover, the lease only its backstop.
+	Lease time.Duration
+	// FlushEvery and FlushInterval bound the progress a crash can lose: a flush happens
+	// after this many processed cards or this much time, and on every exit.
+	FlushEvery    int
+	FlushInterval time.Duration
+	// MaxWorkers bounds how many shards (of different groups) one node works at once.
+	MaxWorkers int
+	// PageSize is how many cards a worker reads from the local replica at a time.
+	PageSize int
+	// WindowCards bounds how many cards are walked before the gathered batches are sent.
+	WindowCards int
+	// DependencyRetry is when a shard whose dependency data is not ready is looked at again.
+	DependencyRetry time.Duration
+	// QuotaSafety is the fraction of a carrier account's cluster-wide quota that the
+	// nodes' shares add up to (below 1 to absorb network jitter at the carrier).
+	QuotaSafety float64
+	// Batching gathers due cards of one account into batch queries; off means one card
+	// per call (benchmarks compare the two).
+	Batching bool
+	// ShareQuota splits each account's quota between the nodes; off means every node uses
+	// the full quota (benchmarks show what that costs).
+	ShareQuota bool
+
+	Logger   hclog.Logger
+	Registry prometheus.Registerer
+	// Now is the clock (tests may replace it).
+	Now func() time.Time
+}
+
+// DefaultConfig returns the production defaults.
+func DefaultConfig() Config {
+	return Config{
+		PollInterval:    time.Second,
+		Lease:           30 * time.Second,
+		FlushEvery:      100,
+		FlushInterval:   time.Second,
+		MaxWorkers:      16,
+		PageSize:        500,
+		WindowCards:     400,
+		DependencyRetry: 30 * time.Second,
+		QuotaSafety:     0.97,
+		Batching:        true,
+		ShareQuota:      true,
+	}
+}
+
+// ErrInvalidConfig is wrapped by configuration errors.
+var ErrInvalidConfig = errors.New("invalid syncer config")
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, a...)...))
+	}
+	if c.PollInterval <= 0 {
+		bad("poll interval must be positive")
+	}
+	if c.Lease < 2*c.FlushInterval || c.Lease <= 0 {
+		bad("lease %v must be at least twice the flush interval %v", c.Lease, c.FlushInterval)
+	}
+	if c.FlushEvery < 1 || c.FlushInterval <= 0 {
+		bad("flush-every and flush interval must be positive")
+	}
+	if c.MaxWorkers < 1 {
+		bad("max workers must be at least 1")
+	}
+	if c.PageSize < 1 || c.WindowCards < 1 {
+		bad("page size and window must be positive")
+	}
+	if c.QuotaSafety <= 0 || c.QuotaSafety > 1 {
+		bad("quota safety %v: want (0, 1]", c.QuotaSafety)
+	}
+	if c.DependencyRetry <= 0 {
+		bad("dependency retry must be positive")
+	}
+	return errors.Join(errs...)
+}

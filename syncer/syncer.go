@@ -1,0 +1,492 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"cardsync/carrier"
+	"cardsync/fsm"
+	"cardsync/membership"
+)
+
+// Proposer submits commands to the replicated state machine (the node, which forwards to
+// the leader when needed).
+type Proposer interface {
+	Propose(ctx context.Context, cmd []byte) (*fsm.Result, error)
+}
+
+// State is the read view of the local replica.
+type State interface {
+	Shards(filter fsm.ShardFilter) ([]fsm.ShardState, error)
+	Shard(id string) (fsm.ShardState, error)
+	ShardCards(shard, afterICCID string, limit int) ([]fsm.Card, error)
+	Enterprises() ([]fsm.Enterprise, error)
+	Accounts() ([]fsm.Account, error)
+	Maintenance() (bool, string, error)
+}
+
+// Cluster is what the syncer needs to know about membership.
+type Cluster interface {
+	Name() string
+	Ring() *membership.Ring
+	RingChanges() <-chan struct{}
+	Ready() bool
+}
+
+// Account is a carrier account client behind this node's limiter (see carrier.Account).
+type Account interface {
+	Query(ctx context.Context, iccids []string) ([]carrier.Result, error)
+	BatchSize() int
+	SetShare(ratePerSec float64, burst, concurrency int)
+	Backoff(err error) time.Duration
+}
+
+// Syncer runs the sync method on one node.
+type Syncer struct {
+	cfg      Config
+	log      hclog.Logger
+	prop     Proposer
+	state    State
+	cluster  Cluster
+	accounts map[string]Account
+	m        *metrics
+
+	mu      sync.Mutex
+	workers map[string]*worker // shard id -> running worker
+	backoff map[string]backoffState
+	shares  map[string]Share
+	wg      sync.WaitGroup
+	wake    chan struct{}
+}
+
+type backoffState struct {
+	until  time.Time
+	reason string
+}
+
+// Share is this node's part of one carrier account's cluster-wide quota.
+type Share struct {
+	Account     string  `json:"account"`
+	Fraction    float64 `json:"fraction"`
+	RatePerSec  float64 `json:"rate_per_sec"`
+	Burst       int     `json:"burst"`
+	Concurrency int     `json:"concurrency"`
+}
+
+// New builds a syncer. accounts maps carrier account ids to this node's clients.
+func New(cfg Config, prop Proposer, state State, cluster Cluster, accounts map[string]Account) (*Syncer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Syncer{
+		cfg: cfg, log: cfg.Logger.Named("syncer"), prop: prop, state: state, cluster: cluster,
+		accounts: accounts, workers: map[string]*worker{}, backoff: map[string]backoffState{},
+		shares: map[string]Share{}, wake: make(chan struct{}, 1),
+	}
+	s.m = newMetrics(cfg.Registry)
+	return s, nil
+}
+
+// Run polls until ctx ends, then stops every worker (each flushes and releases its shard).
+func (s *Syncer) Run(ctx context.Context) error {
+	ringCh := s.cluster.RingChanges()
+	t := time.NewTicker(s.cfg.PollInterval)
+	defer t.Stop()
+	var fastUntil time.Time
+	fast := time.NewTicker(100 * time.Millisecond)
+	defer fast.Stop()
+	defer s.stopAll("node shutting down")
+	for {
+		s.poll(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-s.wake:
+		case <-ringCh:
+			// Membership moved: poll quickly for a while so handoffs and takeovers happen
+			// as soon as the previous owner releases or is revoked.
+			fastUntil = s.cfg.Now().Add(5 * time.Second)
+		case <-fast.C:
+			if s.cfg.Now().After(fastUntil) {
+				continue
+			}
+		}
+	}
+}
+
+func (s *Syncer) stopAll(reason string) {
+	s.mu.Lock()
+	for _, w := range s.workers {
+		w.stop(reason)
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// Running lists the shards this node works right now.
+func (s *Syncer) Running() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.workers))
+	for id := range s.workers {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Shares reports this node's quota share per carrier account.
+func (s *Syncer) Shares() []Share {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Share, 0, len(s.shares))
+	for _, sh := range s.shares {
+		out = append(out, sh)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Account < out[j].Account })
+	return out
+}
+
+func (s *Syncer) poll(ctx context.Context) {
+	if ctx.Err() != nil {
+		return
+	}
+	start := s.cfg.Now()
+	defer func() { s.m.pollSeconds.Observe(time.Since(start).Seconds()) }()
+	me := s.cluster.Name()
+	shards, err := s.state.Shards(fsm.ShardFilter{})
+	if err != nil {
+		s.log.Warn("read shards", "error", err)
+		return
+	}
+	maint, _, _ := s.state.Maintenance()
+	ring := s.cluster.Ring()
+	ids := make([]string, len(shards))
+	for i, sh := range shards {
+		ids[i] = sh.ID
+	}
+	owners := ring.Assign(ids)
+	ready := s.cluster.Ready()
+
+	// Hand off shards the ring moved away (or everything, in maintenance or when this
+	// node is not ready): the worker finishes its batch, flushes and releases.
+	s.mu.Lock()
+	for id, w := range s.workers {
+		switch {
+		case maint:
+			w.stop("maintenance")
+		case !ready:
+			w.stop("node not ready")
+		case owners[id] != me:
+			w.stop("handoff to " + owners[id])
+		}
+	}
+	s.mu.Unlock()
+
+	ents, accts := s.deps()
+	s.updateShares(shards, owners, ents, accts, start)
+	if maint || !ready {
+		return
+	}
+
+	liveGroup := map[int]string{}
+	for _, sh := range shards {
+		if sh.LiveClaim(start) {
+			liveGroup[sh.Group] = sh.ID
+		}
+	}
+	// Oldest due first, so no shard starves.
+	order := make([]int, 0, len(shards))
+	for i, sh := range shards {
+		if owners[sh.ID] == me && due(sh, start) {
+			order = append(order, i)
+		}
+	}
+	sort.SliceStable(order, func(a, b int) bool {
+		return shards[order[a]].Checkpoint.NextRunAt.Before(shards[order[b]].Checkpoint.NextRunAt)
+	})
+	for _, i := range order {
+		sh := shards[i]
+		s.mu.Lock()
+		_, running := s.workers[sh.ID]
+		n := len(s.workers)
+		s.mu.Unlock()
+		if running {
+			continue
+		}
+		if n >= s.cfg.MaxWorkers {
+			break
+		}
+		if sh.Owner != "" && sh.Owner != me && sh.LiveClaim(start) {
+			continue // claimed elsewhere (claim 4)
+		}
+		if g, busy := liveGroup[sh.Group]; busy && g != sh.ID {
+			continue // groups run serially
+		}
+		if s.allBackedOff(sh, ents, start) {
+			continue
+		}
+		cmd, err := fsm.Encode(fsm.TypeClaim, fsm.Claim{Shard: sh.ID, Node: me, Epoch: sh.Epoch, Lease: s.cfg.Lease})
+		if err != nil {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		res, err := s.prop.Propose(pctx, cmd)
+		cancel()
+		if err != nil {
+			s.m.claims.WithLabelValues("rejected").Inc()
+			s.log.Debug("claim rejected", "shard", sh.ID, "error", err)
+			continue
+		}
+		s.m.claims.WithLabelValues("granted").Inc()
+		liveGroup[sh.Group] = sh.ID
+		s.startWorker(ctx, sh.ID, res.Epoch)
+	}
+}
+
+func due(sh fsm.ShardState, now time.Time) bool {
+	return sh.Checkpoint.State == fsm.StateRunning || !sh.Checkpoint.NextRunAt.After(now)
+}
+
+func (s *Syncer) deps() (map[string]fsm.Enterprise, map[string]fsm.Account) {
+	ents := map[string]fsm.Enterprise{}
+	if es, err := s.state.Enterprises(); err == nil {
+		for _, e := range es {
+			ents[e.ID] = e
+		}
+	}
+	accts := map[string]fsm.Account{}
+	if as, err := s.state.Accounts(); err == nil {
+		for _, a := range as {
+			accts[a.ID] = a
+		}
+	}
+	return ents, accts
+}
+
+// allBackedOff reports whether every account the shard's cards use is in carrier backoff.
+func (s *Syncer) allBackedOff(sh fsm.ShardState, ents map[string]fsm.Enterprise, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	any := false
+	for _, eid := range sh.Enterprises {
+		for _, a := range ents[eid].Accounts {
+			any = true
+			if b, ok := s.backoff[a]; !ok || !b.until.After(now) {
+				return false
+			}
+		}
+	}
+	return any
+}
+
+func (s *Syncer) setBackoff(account string, d time.Duration, reason string) time.Time {
+	until := s.cfg.Now().Add(d)
+	s.mu.Lock()
+	if b := s.backoff[account]; b.until.Before(until) {
+		s.backoff[account] = backoffState{until: until, reason: reason}
+	}
+	s.mu.Unlock()
+	s.m.backoffs.WithLabelValues(account).Inc()
+	return until
+}
+
+func (s *Syncer) backedOff(account string, now time.Time) (bool, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.backoff[account]
+	if !ok || !b.until.After(now) {
+		return false, ""
+	}
+	return true, b.reason
+}
+
+func (s *Syncer) share(account string) Share {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shares[account]
+}
+
+// updateShares gives this node its part of each account's cluster-wide quota: the
+// fraction of the account's due work (cards in due shards) that the ring gives this node.
+// Every node computes the same split from the same replicated state and ring, so the
+// shares add up to the quota; when nothing is due the quota is split evenly.
+func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string, ents map[string]fsm.Enterprise, accts map[string]fsm.Account, now time.Time) {
+	me := s.cluster.Name()
+	members := s.cluster.Ring().Members()
+	weight := map[string]map[string]float64{} // account -> owner -> due cards
+	for _, sh := range shards {
+		owner := owners[sh.ID]
+		if owner == "" || !due(sh, now) || len(sh.Enterprises) == 0 {
+			continue
+		}
+		per := float64(sh.Cards) / float64(len(sh.Enterprises))
+		for _, eid := range sh.Enterprises {
+			for _, a := range ents[eid].Accounts {
+				if weight[a] == nil {
+					weight[a] = map[string]float64{}
+				}
+				weight[a][owner] += per
+			}
+		}
+	}
+	next := map[string]Share{}
+	for id, acct := range s.accounts {
+		q, ok := accts[id]
+		if !ok {
+			continue
+		}
+		fracs := map[string]float64{}
+		total := 0.0
+		for _, w := range weight[id] {
+			total += w
+		}
+		switch {
+		case !s.cfg.ShareQuota:
+			fracs[me] = 1
+		case total > 0:
+			for o, w := range weight[id] {
+				fracs[o] = w / total
+			}
+		case len(members) > 0:
+			for _, o := range members {
+				fracs[o] = 1 / float64(len(members))
+			}
+		default:
+			fracs[me] = 1
+		}
+		f := fracs[me]
+		sh := Share{Account: id, Fraction: f}
+		if f > 0 {
+			rate := q.RatePerSec
+			if s.cfg.ShareQuota {
+				rate *= s.cfg.QuotaSafety
+			}
+			sh.RatePerSec = rate * f
+			sh.Burst = max(1, int(float64(max(q.Burst, 1))*f))
+		}
+		sh.Concurrency = slotsFor(me, fracs, max(q.Concurrency, 1))
+		if sh.Concurrency == 0 {
+			sh.RatePerSec, sh.Burst = 0, 0
+		}
+		if sh.RatePerSec == 0 {
+			sh.Concurrency = 0
+		}
+		next[id] = sh
+		if old, ok := s.shares[id]; !ok || old != sh {
+			acct.SetShare(sh.RatePerSec, sh.Burst, sh.Concurrency)
+			s.m.shareRate.WithLabelValues(id).Set(sh.RatePerSec)
+		}
+	}
+	s.mu.Lock()
+	s.shares = next
+	s.mu.Unlock()
+}
+
+// slotsFor splits concurrency slots between owners by largest remainder, ties broken by
+// name, so that the nodes' slots never add up to more than the account allows.
+func slotsFor(me string, fracs map[string]float64, slots int) int {
+	type rem struct {
+		name string
+		base int
+		frac float64
+	}
+	var rs []rem
+	used := 0
+	for name, f := range fracs {
+		if f <= 0 {
+			continue
+		}
+		exact := f * float64(slots)
+		b := int(exact)
+		rs = append(rs, rem{name, b, exact - float64(b)})
+		used += b
+	}
+	sort.Slice(rs, func(i, j int) bool {
+		if rs[i].frac != rs[j].frac {
+			return rs[i].frac > rs[j].frac
+		}
+		return rs[i].name < rs[j].name
+	})
+	for i := 0; i < len(rs) && used < slots; i++ {
+		rs[i].base++
+		used++
+	}
+	for _, r := range rs {
+		if r.name == me {
+			return r.base
+		}
+	}
+	return 0
+}
+
+func (s *Syncer) startWorker(ctx context.Context, shard string, epoch uint64) {
+	w := &worker{s: s, shard: shard, epoch: epoch, stopCh: make(chan struct{})}
+	s.mu.Lock()
+	s.workers[shard] = w
+	s.mu.Unlock()
+	s.m.running.Inc()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() {
+			s.mu.Lock()
+			delete(s.workers, shard)
+			s.mu.Unlock()
+			s.m.running.Dec()
+			select {
+			case s.wake <- struct{}{}:
+			default:
+			}
+		}()
+		w.run(ctx)
+	}()
+}
+
+var errStopped = errors.New("worker stopped")
+
+type metrics struct {
+	claims      *prometheus.CounterVec
+	flushes     *prometheus.CounterVec
+	cards       *prometheus.CounterVec
+	calls       *prometheus.CounterVec
+	backoffs    *prometheus.CounterVec
+	rounds      *prometheus.CounterVec
+	running     prometheus.Gauge
+	shareRate   *prometheus.GaugeVec
+	pollSeconds prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		claims:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardsync_syncer_claims_total", Help: "Shard claims proposed by this node, by outcome."}, []string{"outcome"}),
+		flushes:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardsync_syncer_flushes_total", Help: "Checkpoint flushes, by outcome."}, []string{"outcome"}),
+		cards:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardsync_syncer_cards_total", Help: "Cards processed by this node, by result (synced, skipped, failed, deferred)."}, []string{"result"}),
+		calls:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardsync_carrier_calls_total", Help: "Carrier batch queries by account and error kind."}, []string{"account", "kind"}),
+		backoffs:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardsync_carrier_backoffs_total", Help: "Times an account was backed off."}, []string{"account"}),
+		rounds:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardsync_syncer_rounds_total", Help: "Shard rounds ended, by outcome."}, []string{"outcome"}),
+		running:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "cardsync_syncer_running_shards", Help: "Shards this node works right now."}),
+		shareRate:   prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cardsync_quota_share_rate", Help: "This node's share of an account's calls per second."}, []string{"account"}),
+		pollSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cardsync_syncer_poll_seconds", Help: "Duration of one poll round.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.claims, m.flushes, m.cards, m.calls, m.backoffs, m.rounds, m.running, m.shareRate, m.pollSeconds} {
+			// A second syncer on the same registry keeps the first one's collectors.
+			_ = reg.Register(c)
+		}
+	}
+	return m
+}

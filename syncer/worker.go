@@ -1,0 +1,437 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"cardsync/carrier"
+	"cardsync/fsm"
+)
+
+// worker runs one claimed shard: the serial card loop of claim 1 steps 3-4.
+type worker struct {
+	s     *Syncer
+	shard string
+	epoch uint64
+
+	stopOnce   sync.Once
+	stopCh     chan struct{}
+	stopReason string
+
+	taskID    uint64
+	cursor    string // last ICCID finished (flushed or about to be)
+	results   []fsm.CardResult
+	skipped   uint64
+	failed    uint64
+	pending   int // cards processed since the last flush
+	lastFlush time.Time
+	deferred  map[string]string // account -> why its cards wait for a later task
+}
+
+func (w *worker) stop(reason string) {
+	w.stopOnce.Do(func() {
+		w.stopReason = reason
+		close(w.stopCh)
+	})
+}
+
+func (w *worker) stopped() bool {
+	select {
+	case <-w.stopCh:
+		return true
+	default:
+		return false
+	}
+}
+
+// errFenced means the FSM rejected this worker's epoch: another owner has the shard.
+var errFenced = errors.New("fenced: shard belongs to a newer epoch")
+
+func (w *worker) run(ctx context.Context) {
+	s := w.s
+	log := s.log.With("shard", w.shard, "epoch", w.epoch)
+	err := w.work(ctx)
+	switch {
+	case errors.Is(err, errFenced):
+		s.m.rounds.WithLabelValues("fenced").Inc()
+		log.Info("stopped: fenced by a newer epoch")
+	case err != nil && !errors.Is(err, errStopped):
+		s.m.rounds.WithLabelValues("error").Inc()
+		log.Warn("round ended early", "error", err)
+	}
+}
+
+// work returns nil when the shard finished or was released, errFenced when another owner
+// took it, errStopped when a handoff stopped it.
+func (w *worker) work(ctx context.Context) error {
+	s := w.s
+	st, err := s.state.Shard(w.shard)
+	if err != nil {
+		return w.release(ctx, "read shard: "+err.Error(), time.Time{})
+	}
+	ck := st.Checkpoint
+	w.deferred = map[string]string{}
+	if ck.State == fsm.StateRunning {
+		// Claims 5 and 7: an unfinished task continues from the stored cursor.
+		w.taskID, w.cursor = ck.TaskID, ck.Cursor
+	} else {
+		// Claim 6: check the dependency data before a new task; if it changed since the
+		// last task, the new task is started with it (StartTask records the version).
+		dep, reason := w.checkDependencies(st)
+		if reason != "" {
+			return w.release(ctx, "dependency not ready: "+reason, s.cfg.Now().Add(s.cfg.DependencyRetry))
+		}
+		res, err := w.propose(ctx, fsm.TypeStartTask, fsm.StartTask{Shard: w.shard, Node: s.cluster.Name(), Epoch: w.epoch, DepVersion: dep})
+		if err != nil {
+			return err
+		}
+		w.taskID, w.cursor = res.TaskID, ""
+	}
+	w.lastFlush = s.cfg.Now()
+
+	for {
+		cards, err := s.state.ShardCards(w.shard, w.cursor, s.cfg.PageSize)
+		if err != nil {
+			return w.finish(ctx, false, "read cards: "+err.Error(), time.Time{})
+		}
+		if len(cards) == 0 {
+			return w.finish(ctx, true, w.deferredReason(), w.deferredNextRun())
+		}
+		stop, reason, next, err := w.walk(ctx, cards)
+		if err != nil {
+			return err
+		}
+		if stop {
+			return w.finish(ctx, false, reason, next)
+		}
+	}
+}
+
+// checkDependencies returns the dependency version of the shard's task data (enterprise
+// inventory versions and account versions) or why the shard cannot start a task.
+func (w *worker) checkDependencies(st fsm.ShardState) (uint64, string) {
+	ents, accts := w.s.deps()
+	h := fnv.New64a()
+	var notReady []string
+	ready := 0
+	ids := append([]string(nil), st.Enterprises...)
+	sort.Strings(ids)
+	for _, id := range ids {
+		e, ok := ents[id]
+		if !ok || !e.InventoryReady {
+			notReady = append(notReady, "inventory of "+id)
+			continue
+		}
+		usable := false
+		names := make([]string, 0, len(e.Accounts))
+		for _, a := range e.Accounts {
+			names = append(names, a)
+		}
+		sort.Strings(names)
+		for _, a := range names {
+			acct, ok := accts[a]
+			fmt.Fprintf(h, "%s/%d;", a, acct.Version)
+			if _, configured := w.s.accounts[a]; ok && acct.CredentialsValid && configured {
+				usable = true
+			}
+		}
+		if !usable {
+			notReady = append(notReady, "no valid carrier account for "+id)
+			continue
+		}
+		fmt.Fprintf(h, "%s@%d;", id, e.InventoryVersion)
+		ready++
+	}
+	if ready == 0 {
+		if len(notReady) == 0 {
+			notReady = []string{"no enterprise"}
+		}
+		return 0, strings.Join(notReady, ", ")
+	}
+	return h.Sum64(), ""
+}
+
+type batch struct {
+	account string
+	cards   []fsm.Card
+	first   int // index in the window of its first card
+}
+
+// walk processes one page of cards in windows: valid cards are skipped (claim 1 step 3),
+// due cards of one account are gathered into batch queries (step 4). It returns stop=true
+// with a reason when the round must end early (claim 8, handoff, fencing).
+func (w *worker) walk(ctx context.Context, cards []fsm.Card) (stop bool, reason string, next time.Time, err error) {
+	s := w.s
+	var window []fsm.Card
+	batches := map[string]*batch{}
+	var order []*batch
+
+	send := func() (bool, string, time.Time, error) {
+		for _, b := range order {
+			if w.stopped() {
+				// Stop between batches: the cursor stays before this batch's first card.
+				w.rewindTo(window, b.first)
+				return true, w.stopReason, time.Time{}, nil
+			}
+			if ok, why, nextRun, err := w.query(ctx, b); !ok || err != nil {
+				w.rewindTo(window, b.first)
+				return true, why, nextRun, err
+			}
+		}
+		if len(window) > 0 {
+			w.cursor = window[len(window)-1].ICCID
+		}
+		window, batches, order = window[:0], map[string]*batch{}, nil
+		if err := w.maybeFlush(ctx); err != nil {
+			return true, "", time.Time{}, err
+		}
+		return false, "", time.Time{}, nil
+	}
+
+	for _, c := range cards {
+		now := s.cfg.Now()
+		window = append(window, c)
+		switch {
+		case c.ValidUntil.After(now):
+			w.skipped++
+			w.pending++
+			s.m.cards.WithLabelValues("skipped").Inc()
+		case w.deferred[c.Account] != "":
+			w.failed++
+			w.pending++
+			s.m.cards.WithLabelValues("deferred").Inc()
+		default:
+			if why := w.usable(c.Account, now); why != "" {
+				w.deferred[c.Account] = why
+				w.failed++
+				w.pending++
+				s.m.cards.WithLabelValues("deferred").Inc()
+				break
+			}
+			b := batches[c.Account]
+			if b == nil {
+				b = &batch{account: c.Account, first: len(window) - 1}
+				batches[c.Account] = b
+				order = append(order, b)
+			}
+			b.cards = append(b.cards, c)
+			size := 1
+			if s.cfg.Batching {
+				size = max(1, s.accounts[c.Account].BatchSize())
+			}
+			if len(b.cards) >= size {
+				if stop, why, nextRun, err := send(); stop || err != nil {
+					return true, why, nextRun, err
+				}
+			}
+		}
+		if len(window) >= s.cfg.WindowCards {
+			if stop, why, nextRun, err := send(); stop || err != nil {
+				return true, why, nextRun, err
+			}
+		}
+	}
+	if stop, why, nextRun, err := send(); stop || err != nil {
+		return true, why, nextRun, err
+	}
+	if w.stopped() {
+		return true, w.stopReason, time.Time{}, nil
+	}
+	return false, "", time.Time{}, nil
+}
+
+// rewindTo sets the cursor to the card just before window[i]: everything before it is
+// finished (every batch that started earlier was sent), so a resumed task loses nothing;
+// cards after it that were already synced are skipped as still valid.
+func (w *worker) rewindTo(window []fsm.Card, i int) {
+	if i > 0 {
+		w.cursor = window[i-1].ICCID
+	}
+}
+
+// usable says why an account's cards cannot be queried now ("" when they can).
+func (w *worker) usable(account string, now time.Time) string {
+	s := w.s
+	if _, ok := s.accounts[account]; !ok {
+		return "account " + account + " has no credentials on this node"
+	}
+	if off, why := s.backedOff(account, now); off {
+		return why
+	}
+	if s.cfg.ShareQuota {
+		if sh := s.share(account); sh.RatePerSec <= 0 || sh.Concurrency <= 0 {
+			return "quota: no share of account " + account + " on this node yet"
+		}
+	}
+	return ""
+}
+
+// query sends one batch and records its results. ok=false ends the round (claim 8).
+func (w *worker) query(ctx context.Context, b *batch) (ok bool, reason string, next time.Time, err error) {
+	s := w.s
+	acct := s.accounts[b.account]
+	iccids := make([]string, len(b.cards))
+	for i, c := range b.cards {
+		iccids[i] = c.ICCID
+	}
+	// The call gets its own deadline within the lease so a stuck carrier cannot outlive
+	// the claim.
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.Lease/2)
+	results, callErr := acct.Query(cctx, iccids)
+	cancel()
+	kind := carrier.KindOf(callErr)
+	s.m.calls.WithLabelValues(b.account, kind.String()).Inc()
+	if callErr != nil {
+		switch {
+		case ctx.Err() != nil:
+			return false, "node shutting down", time.Time{}, nil
+		case kind == carrier.KindAuthInvalid:
+			// Bad credentials stop this account only: mark it, defer its cards, go on.
+			w.deferred[b.account] = "credentials of account " + b.account + " rejected"
+			w.markAccountInvalid(ctx, b.account, callErr)
+			w.failed += uint64(len(b.cards))
+			w.pending += len(b.cards)
+			s.m.cards.WithLabelValues("deferred").Add(float64(len(b.cards)))
+			return true, "", time.Time{}, nil
+		default:
+			// Claim 8: rate limited or failed: save progress and leave this round.
+			d := acct.Backoff(callErr)
+			until := s.setBackoff(b.account, d, fmt.Sprintf("carrier backoff: account %s %s", b.account, kind))
+			return false, fmt.Sprintf("carrier backoff: account %s %s until %s", b.account, kind, until.UTC().Format(time.RFC3339)), until, nil
+		}
+	}
+	for i, c := range b.cards {
+		r := fsm.CardResult{ICCID: c.ICCID}
+		if i < len(results) {
+			if res := results[i]; res.Err != nil {
+				r.ErrKind = carrier.KindOf(res.Err).String()
+				r.ErrMsg = res.Err.Error()
+				s.m.cards.WithLabelValues("failed").Inc()
+			} else if res.Card != nil {
+				r.Data = cardData(res.Card)
+				s.m.cards.WithLabelValues("synced").Inc()
+			}
+		} else {
+			r.ErrKind, r.ErrMsg = "permanent", "carrier returned no result for this card"
+		}
+		w.results = append(w.results, r)
+		w.pending++
+	}
+	return true, "", time.Time{}, nil
+}
+
+func cardData(c *carrier.Card) *fsm.CardData {
+	modified := c.SourceUpdatedAt
+	if modified.IsZero() {
+		modified = c.StatusChangedAt
+	}
+	return &fsm.CardData{
+		Status: string(c.Status), RawStatus: c.RawStatus, RatePlan: c.RatePlan,
+		DataUsedBytes: c.DataUsedBytes, UsagePeriod: c.UsagePeriod,
+		ActivatedAt: c.ActivatedAt, CarrierModifiedAt: modified,
+	}
+}
+
+func (w *worker) markAccountInvalid(ctx context.Context, account string, cause error) {
+	msg := cause.Error()
+	if len(msg) > 200 {
+		msg = msg[:200]
+	}
+	if _, err := w.propose(ctx, fsm.TypeSetAccountStatus, fsm.SetAccountStatus{Account: account, Valid: false, Reason: msg}); err != nil && !errors.Is(err, errFenced) {
+		w.s.log.Warn("mark account invalid", "account", account, "error", err)
+	}
+}
+
+func (w *worker) deferredReason() string {
+	if len(w.deferred) == 0 {
+		return ""
+	}
+	var parts []string
+	for _, why := range w.deferred {
+		parts = append(parts, why)
+	}
+	sort.Strings(parts)
+	return "some cards deferred: " + strings.Join(parts, "; ")
+}
+
+// deferredNextRun brings a shard with deferred cards back soon instead of at the next
+// validity expiry.
+func (w *worker) deferredNextRun() time.Time {
+	if len(w.deferred) == 0 {
+		return time.Time{}
+	}
+	return w.s.cfg.Now().Add(w.s.cfg.DependencyRetry)
+}
+
+func (w *worker) maybeFlush(ctx context.Context) error {
+	if w.pending < w.s.cfg.FlushEvery && w.s.cfg.Now().Sub(w.lastFlush) < w.s.cfg.FlushInterval {
+		return nil
+	}
+	return w.flush(ctx, false, false, "", time.Time{})
+}
+
+// flush writes results, cursor and counters with the epoch; it renews the lease. A stale
+// epoch stops the worker at once.
+func (w *worker) flush(ctx context.Context, done, release bool, reason string, next time.Time) error {
+	s := w.s
+	f := fsm.Flush{
+		Shard: w.shard, Node: s.cluster.Name(), Epoch: w.epoch, TaskID: w.taskID, Cursor: w.cursor,
+		Results: w.results, Skipped: w.skipped, Failed: w.failed, Done: done, Release: release,
+		Reason: reason, NextRunAt: next, Lease: s.cfg.Lease,
+	}
+	// The flush must reach the FSM even while the node is stopping the worker.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_, err := w.propose(fctx, fsm.TypeFlush, f)
+	if err != nil {
+		s.m.flushes.WithLabelValues("rejected").Inc()
+		return err
+	}
+	s.m.flushes.WithLabelValues("ok").Inc()
+	w.results, w.skipped, w.failed, w.pending = w.results[:0], 0, 0, 0
+	w.lastFlush = s.cfg.Now()
+	return nil
+}
+
+// finish ends the round: done records the task as finished (the FSM schedules the next
+// run at the earliest validity expiry); otherwise progress is saved and the shard released.
+func (w *worker) finish(ctx context.Context, done bool, reason string, next time.Time) error {
+	s := w.s
+	if err := w.flush(ctx, done, true, reason, next); err != nil {
+		return err
+	}
+	outcome := "released"
+	if done {
+		outcome = "done"
+	}
+	s.m.rounds.WithLabelValues(outcome).Inc()
+	return nil
+}
+
+func (w *worker) release(ctx context.Context, reason string, next time.Time) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_, err := w.propose(rctx, fsm.TypeRelease, fsm.Release{Shard: w.shard, Node: w.s.cluster.Name(), Epoch: w.epoch, Reason: reason, NextRunAt: next})
+	if err == nil {
+		w.s.m.rounds.WithLabelValues("not_ready").Inc()
+	}
+	return err
+}
+
+func (w *worker) propose(ctx context.Context, t fsm.Type, payload any) (*fsm.Result, error) {
+	cmd, err := fsm.Encode(t, payload)
+	if err != nil {
+		return nil, err
+	}
+	res, err := w.s.prop.Propose(ctx, cmd)
+	if errors.Is(err, fsm.ErrStaleEpoch) || errors.Is(err, fsm.ErrNotOwner) {
+		return nil, fmt.Errorf("%w: %v", errFenced, err)
+	}
+	return res, err
+}
