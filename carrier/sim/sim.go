@@ -277,7 +277,11 @@ type call struct {
 }
 
 func (c *call) notFound(s *Sim) bool {
-	return c.notFoundRate > 0 && s.rand() < c.notFoundRate
+	if c.notFoundRate > 0 && s.rand() < c.notFoundRate {
+		s.w.fault(c.a, FaultNotFound)
+		return true
+	}
+	return false
 }
 
 // begin runs the shared part of a data call for account a: outage, quota
