@@ -1,0 +1,243 @@
+package carrier_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"cardsync/carrier"
+	"cardsync/carrier/sim"
+)
+
+// TestAccountStaysUnderQuota runs an Account flat out for ~10 s against the
+// quota the simulator enforces: the witness must see zero rejections, no
+// more concurrency than allowed, and at least 90% of the quota used.
+func TestAccountStaysUnderQuota(t *testing.T) {
+	if testing.Short() {
+		t.Skip("10 s run")
+	}
+	spec := testSpecs[0] // OneLink: two HTTP calls per batch
+	spec.RatePerSec, spec.Burst, spec.MaxConcurrent = 40, 5, 3
+	s := startSim(t, []sim.AccountSpec{spec})
+	acct, err := carrier.NewAccount(accountCfg(s, spec.ID), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, _ := goodCards(t, s, spec.ID, 100)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	var failures atomic.Int64
+	for i := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			batch := good[i*10 : i*10+40]
+			for ctx.Err() == nil {
+				if _, err := acct.Query(ctx, batch); err != nil && ctx.Err() == nil {
+					failures.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	st := s.Stats().Accounts[spec.ID]
+	as := acct.Stats()
+	window := st.Last.Sub(st.First).Seconds()
+	t.Logf("witness: %d calls in %.2fs (%.1f/s of %g), peak %d/s, max concurrency %d, rejected %d; account: %d queries, %d limiter waits",
+		st.Calls, window, float64(st.Calls)/window, spec.RatePerSec, st.PeakPerSecond, st.MaxConcurrent, st.Rejected, as.Calls, as.LimiterWaits)
+	if st.Rejected != 0 || failures.Load() != 0 {
+		t.Fatalf("witness rejected %d calls, %d queries failed", st.Rejected, failures.Load())
+	}
+	if st.MaxConcurrent > spec.MaxConcurrent {
+		t.Fatalf("max concurrency %d > %d", st.MaxConcurrent, spec.MaxConcurrent)
+	}
+	if limit := int(spec.RatePerSec) + spec.Burst; st.PeakPerSecond > limit {
+		t.Fatalf("peak %d calls in one second > rate+burst %d", st.PeakPerSecond, limit)
+	}
+	if window < 9 {
+		t.Fatalf("run window %.2fs too short", window)
+	}
+	if used := float64(st.Calls) / (spec.RatePerSec * window); used < 0.90 {
+		t.Fatalf("used %.1f%% of the quota, want >= 90%%", used*100)
+	}
+}
+
+func TestAccountShareAndStats(t *testing.T) {
+	spec := testSpecs[1]
+	s := startSim(t, []sim.AccountSpec{spec})
+	acct, err := carrier.NewAccount(accountCfg(s, spec.ID), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, missing := goodCards(t, s, spec.ID, 5)
+	acct.SetShare(10, 2, 0)
+	if r, b, c := acct.Share(); r != 10 || b != 2 || c != 0 {
+		t.Fatalf("share %v %v %v", r, b, c)
+	}
+	// concurrency 0: Query waits until the share is positive or ctx ends.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	_, err = acct.Query(ctx, good)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("paused account: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := acct.Query(context.Background(), append(good, missing[0]))
+		done <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for acct.Stats().SlotWaits < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	acct.SetShare(10, 2, 1)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	st := acct.Stats()
+	if st.Calls != 1 || st.Successes != 1 || st.Cards != 5 || st.CardErrors["not_found"] != 1 || st.Breaker != "closed" || st.InFlight != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestAccountBreakerAndBackoff(t *testing.T) {
+	spec := testSpecs[2]
+	s := startSim(t, []sim.AccountSpec{spec})
+	cfg := accountCfg(s, spec.ID)
+	cfg.BreakerFailures, cfg.BreakerOpen = 3, 200*time.Millisecond
+	cfg.BackoffBase, cfg.BackoffMax = 100*time.Millisecond, 400*time.Millisecond
+	acct, err := carrier.NewAccount(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, _ := goodCards(t, s, spec.ID, 2)
+	ctx := context.Background()
+
+	// Rate limits never open the breaker, and carry Retry-After.
+	if err := s.SetFaults(spec.ID, sim.Faults{Rates: map[string]float64{sim.FaultRateLimited: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		_, err = acct.Query(ctx, good)
+		if carrier.KindOf(err) != carrier.KindRateLimited {
+			t.Fatalf("want rate limited, got %v", err)
+		}
+	}
+	if d := acct.Backoff(err); d != time.Second {
+		t.Fatalf("backoff with Retry-After = %v, want 1s", d)
+	}
+	if acct.Stats().Breaker != "closed" {
+		t.Fatal("breaker opened on rate limits")
+	}
+	// Transient failures open it; backoff grows exponentially (with jitter).
+	if err := s.SetFaults(spec.ID, sim.Faults{Rates: map[string]float64{sim.FaultTransient5xx: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err = acct.Query(ctx, good); carrier.KindOf(err) != carrier.KindTransient {
+			t.Fatalf("want transient, got %v", err)
+		}
+	}
+	if d := acct.Backoff(err); d < 200*time.Millisecond || d > 400*time.Millisecond {
+		t.Fatalf("backoff after 8 failures = %v, want within [200ms, 400ms] (capped)", d)
+	}
+	calls := s.Stats().Accounts[spec.ID].Calls
+	_, err = acct.Query(ctx, good)
+	if !errors.Is(err, carrier.ErrCircuitOpen) || carrier.KindOf(err) != carrier.KindTransient || carrier.RetryAfter(err) != cfg.BreakerOpen {
+		t.Fatalf("want circuit open, got %v", err)
+	}
+	if s.Stats().Accounts[spec.ID].Calls != calls {
+		t.Fatal("open breaker let a call through")
+	}
+	// After the open period a probe succeeds and closes it; backoff resets.
+	s.ClearFaults()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err = acct.Query(ctx, good)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("breaker never closed: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := acct.Stats(); st.Breaker != "closed" || st.ConsecutiveFailures != 0 || st.CircuitRejects == 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	if d := acct.Backoff(errors.New("x")); d < 50*time.Millisecond || d > 100*time.Millisecond {
+		t.Fatalf("backoff after reset = %v", d)
+	}
+}
+
+func TestErrorTaxonomy(t *testing.T) {
+	cases := []struct {
+		err  error
+		want carrier.Kind
+		name string
+	}{
+		{nil, carrier.KindOK, "ok"},
+		{&carrier.Error{Kind: carrier.KindRateLimited, RetryAfter: time.Second}, carrier.KindRateLimited, "rate_limited"},
+		{&carrier.Error{Kind: carrier.KindAuthExpired}, carrier.KindAuthExpired, "auth_expired"},
+		{&carrier.Error{Kind: carrier.KindAuthInvalid}, carrier.KindAuthInvalid, "auth_invalid"},
+		{&carrier.Error{Kind: carrier.KindTransient}, carrier.KindTransient, "transient"},
+		{&carrier.Error{Kind: carrier.KindNotFound}, carrier.KindNotFound, "not_found"},
+		{&carrier.Error{Kind: carrier.KindInvalidRequest}, carrier.KindInvalidRequest, "invalid_request"},
+		{&carrier.Error{Kind: carrier.KindPermanent}, carrier.KindPermanent, "permanent"},
+		{context.DeadlineExceeded, carrier.KindTransient, "transient"},
+		{carrier.ErrCircuitOpen, carrier.KindTransient, "transient"},
+		{errors.New("boom"), carrier.KindPermanent, "permanent"},
+	}
+	sentinels := map[carrier.Kind]error{
+		carrier.KindRateLimited: carrier.ErrRateLimited, carrier.KindAuthExpired: carrier.ErrAuthExpired,
+		carrier.KindAuthInvalid: carrier.ErrAuthInvalid, carrier.KindTransient: carrier.ErrTransient,
+		carrier.KindNotFound: carrier.ErrNotFound, carrier.KindInvalidRequest: carrier.ErrInvalidRequest,
+		carrier.KindPermanent: carrier.ErrPermanent,
+	}
+	for _, c := range cases {
+		wrapped := c.err
+		if c.err != nil {
+			wrapped = errors.Join(errors.New("context"), c.err)
+		}
+		if got := carrier.KindOf(wrapped); got != c.want || got.String() != c.name {
+			t.Errorf("KindOf(%v) = %s, want %s", c.err, got, c.want)
+		}
+		var ce *carrier.Error
+		if errors.As(c.err, &ce) {
+			for k, s := range sentinels {
+				if errors.Is(wrapped, s) != (k == c.want) {
+					t.Errorf("errors.Is(%v, %v) wrong", c.err, s)
+				}
+			}
+			if k, err := carrier.ParseKind(c.name); err != nil || k != c.want {
+				t.Errorf("ParseKind(%s) = %v, %v", c.name, k, err)
+			}
+		}
+	}
+	if carrier.RetryAfter(cases[1].err) != time.Second || carrier.RetryAfter(errors.New("x")) != 0 {
+		t.Error("RetryAfter")
+	}
+}
+
+func TestNormalizeICCID(t *testing.T) {
+	cases := []struct{ in, want string }{
+		{"898604821221d0121000", "898604821221D0121000"},
+		{"8986031234567890123", "8986031234567890123"},
+		{"898603123456789012", ""},
+		{"89860312345678901234X", ""},
+		{"8986031234567890G23", ""},
+	}
+	for _, c := range cases {
+		got, err := carrier.NormalizeICCID(c.in)
+		if got != c.want || (err != nil) != (c.want == "") {
+			t.Errorf("NormalizeICCID(%q) = %q, %v", c.in, got, err)
+		}
+	}
+	if !carrier.LuhnValid("79927398713") || carrier.LuhnValid("79927398710") {
+		t.Error("Luhn")
+	}
+}
