@@ -490,6 +490,7 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 
 func (d *delegate) NotifyJoin(n *memberlist.Node)   { d.m.observe(n, EventJoin) }
 func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.m.observe(n, EventUpdate) }
+
 // NotifyLeave covers both departures and failures: memberlist does not say
 // which (the Node's State field is not maintained), so the member's last
 // gossiped Meta.Leaving decides.
