@@ -235,7 +235,11 @@ var unicomDialect = dialect{
 
 // unicomSign is lowerhex(SM3("app_id"+id+"timestamp"+ts+"trans_id"+tid+secret)).
 func unicomSign(appID, ts, tid, secret string) string {
-	sum := sm3.Sum([]byte("app_id" + appID + "timestamp" + ts + "trans_id" + tid + secret))
+	return hexSM3([]byte("app_id" + appID + "timestamp" + ts + "trans_id" + tid + secret))
+}
+
+func hexSM3(b []byte) string {
+	sum := sm3.Sum(b)
 	return hex.EncodeToString(sum[:])
 }
 
