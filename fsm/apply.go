@@ -113,13 +113,19 @@ func (a *applier) finish() error {
 	n := getU64(a.meta, keyNumChanges) + a.changesAdded
 	limit := uint64(a.cfg.ChangeRetention)
 	if n > limit {
+		// Collect first, then delete: re-seeking the first key after each delete walks
+		// the emptied leaves again and again.
+		drop := make([][]byte, 0, n-limit)
 		c := a.changes.Cursor()
-		for k, _ := c.First(); k != nil && n > limit; k, _ = c.First() {
-			if err := c.Delete(); err != nil {
+		for k, _ := c.First(); k != nil && uint64(len(drop)) < n-limit; k, _ = c.Next() {
+			drop = append(drop, k)
+		}
+		for _, k := range drop {
+			if err := a.changes.Delete(k); err != nil {
 				return fmt.Errorf("trim changes: %w", err)
 			}
-			n--
 		}
+		n -= uint64(len(drop))
 	}
 	return putU64(a.meta, keyNumChanges, n)
 }

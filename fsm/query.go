@@ -126,12 +126,16 @@ func (f *FSM) ShardCards(shard, afterICCID string, limit int) ([]Card, error) {
 // Shards returns the shards matching filter, ordered by group then sequence number.
 // History is left empty (see Shard).
 func (f *FSM) Shards(filter ShardFilter) ([]ShardState, error) {
-	type keyed struct {
-		n  int
-		st ShardState
-	}
-	var all []keyed
+	type order struct{ group, n, i int }
+	var out []ShardState
+	var ord []order
 	err := f.view(func(tx *bolt.Tx) error {
+		size := int(getU64(tx.Bucket(bucketMeta), keyNumShards))
+		if filter.Group != nil || filter.Owner != "" || filter.State != "" {
+			size = min(size, 64)
+		}
+		out = make([]ShardState, 0, size)
+		ord = make([]order, 0, size)
 		c := tx.Bucket(bucketShards).Cursor()
 		var prefix []byte
 		if filter.Group != nil {
@@ -148,24 +152,26 @@ func (f *FSM) Shards(filter ShardFilter) ([]ShardState, error) {
 			if filter.State != "" && stateName(rec.State) != filter.State {
 				continue
 			}
-			all = append(all, keyed{n: rec.N, st: rec.public(string(k))})
+			ord = append(ord, order{rec.Group, rec.N, len(out)})
+			out = append(out, rec.public(string(k)))
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	slices.SortFunc(all, func(a, b keyed) int {
-		if c := cmp.Compare(a.st.Group, b.st.Group); c != 0 {
+	// Keys sort as strings ("g10-0" before "g2-0"); order by group, then number.
+	slices.SortFunc(ord, func(a, b order) int {
+		if c := cmp.Compare(a.group, b.group); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.n, b.n)
 	})
-	out := make([]ShardState, len(all))
-	for i := range all {
-		out[i] = all[i].st
+	sorted := make([]ShardState, len(out))
+	for i, o := range ord {
+		sorted[i] = out[o.i]
 	}
-	return out, nil
+	return sorted, nil
 }
 
 // Shard returns one shard with its history (oldest round first).

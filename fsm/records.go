@@ -351,11 +351,11 @@ func (s *shardRec) decode(b []byte) error {
 	return r.err
 }
 
+// public converts the record; the result shares s.Enterprises (decode allocates it
+// afresh for every record).
 func (s *shardRec) public(id string) ShardState {
-	ents := make([]string, len(s.Enterprises))
-	copy(ents, s.Enterprises)
 	return ShardState{
-		ID: id, Group: s.Group, Cards: s.Cards, Enterprises: ents,
+		ID: id, Group: s.Group, Cards: s.Cards, Enterprises: s.Enterprises,
 		Epoch: s.Epoch, Owner: s.Owner, LeaseUntil: fromNanos(s.LeaseUntil),
 		Checkpoint: Checkpoint{
 			TaskID: s.TaskID, State: stateName(s.State), Cursor: s.Cursor,
