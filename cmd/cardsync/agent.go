@@ -6,16 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	"reflect"
 	"strings"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 
-	"cardsync/carrier"
 	"cardsync/carrier/sim"
 	"cardsync/fsm"
+	"cardsync/internal/agent"
 	"cardsync/node"
 	"cardsync/syncer"
 )
@@ -34,7 +31,7 @@ type agentOptions struct {
 	devCards int
 	logLevel string
 	// ready, when set, receives the running agent once it is up (tests).
-	ready func(*Agent)
+	ready func(*agent.Agent)
 }
 
 func parseAgentFlags(args []string, stderr io.Writer) (*agentOptions, error) {
@@ -134,176 +131,54 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return startAgent(ctx, o, stderr)
 }
 
-// Agent is a running cardsync node with its syncer (and, in dev mode, the simulator).
-type Agent struct {
-	Node   *node.Node
-	Syncer *syncer.Syncer
-	Sim    *sim.Sim
-}
-
 func startAgent(ctx context.Context, o *agentOptions, logOut io.Writer) error {
 	logger := hclog.New(&hclog.LoggerOptions{Name: "cardsync", Level: hclog.LevelFromString(o.logLevel), Output: logOut})
-	o.node.Logger = logger
-	a := &Agent{}
-	var accountCfgs []carrier.AccountConfig
-	var fsmAccounts []fsm.Account
-	var enterprises []fsm.UpsertEnterprise
-	var devCards []fsm.CardImport
+	cfg := agent.Config{Node: o.node, Sync: o.sync, Logger: logger}
+	var s *sim.Sim
 	if o.dev {
 		scfg := sim.DefaultConfig()
 		scfg.Seed = 1
 		scfg.Accounts = sim.DevAccounts()
 		if o.devCards > 0 {
-			scaleDevAccounts(scfg.Accounts, o.devCards)
+			agent.ScaleDevAccounts(scfg.Accounts, o.devCards)
 		}
 		scfg.Logger = logger.Named("carriersim")
-		s, err := sim.New(scfg)
-		if err != nil {
+		var err error
+		if s, err = sim.New(scfg); err != nil {
 			return fmt.Errorf("dev simulator: %w", err)
 		}
 		if err := s.Start("127.0.0.1:0"); err != nil {
 			return fmt.Errorf("dev simulator: %w", err)
 		}
 		defer s.Close()
-		a.Sim = s
 		logger.Info("dev mode: carrier simulator started", "url", s.URL())
-		accountCfgs, fsmAccounts, enterprises, devCards = devInventory(s, scfg.Accounts)
+		cfg.Accounts, cfg.Catalog = agent.DevCatalog(s, scfg.Accounts)
 	}
 	if o.file != nil {
 		for _, af := range o.file.Accounts {
-			accountCfgs = append(accountCfgs, af.carrierConfig())
-			fsmAccounts = append(fsmAccounts, af.fsmAccount())
+			cfg.Accounts = append(cfg.Accounts, af.carrierConfig())
+			cfg.Catalog.Accounts = append(cfg.Catalog.Accounts, af.fsmAccount())
 		}
 		for _, ef := range o.file.Enterprises {
 			ready := true
 			if ef.InventoryReady != nil {
 				ready = *ef.InventoryReady
 			}
-			enterprises = append(enterprises, fsm.UpsertEnterprise{ID: ef.ID, Name: ef.Name, Accounts: ef.Accounts, InventoryReady: ready})
+			cfg.Catalog.Enterprises = append(cfg.Catalog.Enterprises, fsm.UpsertEnterprise{ID: ef.ID, Name: ef.Name, Accounts: ef.Accounts, InventoryReady: ready})
 		}
 	}
-
-	n, err := node.New(o.node)
+	a, err := agent.Start(cfg)
 	if err != nil {
 		return err
 	}
-	a.Node = n
-	defer func() {
-		if err := n.Shutdown(); err != nil {
-			logger.Warn("shutdown", "error", err)
-		}
-	}()
-
-	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second}}
-	accounts := map[string]syncer.Account{}
-	for _, cfg := range accountCfgs {
-		acct, err := carrier.NewAccount(cfg, hc, logger.Named("carrier").With("account", cfg.ID))
-		if err != nil {
-			return fmt.Errorf("carrier account %s: %w", cfg.ID, err)
-		}
-		accounts[cfg.ID] = acct
+	if s != nil {
+		a.Node.Mux().Handle("/_sim/", s.Handler())
 	}
-	sc := o.sync
-	sc.Logger = logger
-	sc.Registry = n.Registry()
-	sy, err := syncer.New(sc, n, n.FSM(), n, accounts)
-	if err != nil {
-		return err
-	}
-	a.Syncer = sy
-	n.Mux().HandleFunc("GET /v1/quota", func(w http.ResponseWriter, r *http.Request) {
-		writeJSONResponse(w, map[string]any{"node": n.Name(), "shares": sy.Shares(), "running": sy.Running()})
-	})
-	if a.Sim != nil {
-		n.Mux().Handle("/_sim/", a.Sim.Handler())
-	}
-
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	catalogDone := make(chan struct{})
-	go func() {
-		defer close(catalogDone)
-		publishCatalog(runCtx, n, logger, fsmAccounts, enterprises, devCards)
-	}()
-	syncDone := make(chan struct{})
-	go func() {
-		defer close(syncDone)
-		_ = sy.Run(runCtx)
-	}()
-	fmt.Fprintf(logOut, "cardsync agent %s: HTTP API and dashboard on http://%s/ui/\n", n.Name(), n.HTTPAddr())
+	fmt.Fprintf(logOut, "cardsync agent %s: HTTP API and dashboard on http://%s/ui/\n", a.Node.Name(), a.Node.HTTPAddr())
 	if o.ready != nil {
 		o.ready(a)
 	}
 	<-ctx.Done()
 	logger.Info("shutting down: flushing and releasing shards")
-	cancel()
-	<-syncDone
-	<-catalogDone
-	return nil
-}
-
-func writeJSONResponse(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = jsonEncoder(w).Encode(v)
-}
-
-// publishCatalog makes the replicated accounts and enterprises match this node's
-// configuration (only records that differ are proposed) and, in dev mode, imports the
-// sample inventory once.
-func publishCatalog(ctx context.Context, n *node.Node, logger hclog.Logger, accounts []fsm.Account, ents []fsm.UpsertEnterprise, cards []fsm.CardImport) {
-	if len(accounts) == 0 && len(ents) == 0 && len(cards) == 0 {
-		return
-	}
-	for ctx.Err() == nil {
-		if !n.Ready() {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
-			continue
-		}
-		err := func() error {
-			for _, a := range accounts {
-				if cur, err := n.FSM().Account(a.ID); err == nil {
-					want := a
-					want.Version, want.CredentialsValid, want.InvalidReason = cur.Version, cur.CredentialsValid, cur.InvalidReason
-					if reflect.DeepEqual(cur, want) {
-						continue
-					}
-				}
-				if _, err := n.ProposeEncoded(ctx, fsm.TypeUpsertAccount, fsm.UpsertAccount{Account: a}); err != nil {
-					return fmt.Errorf("account %s: %w", a.ID, err)
-				}
-			}
-			for _, e := range ents {
-				if cur, err := n.FSM().Enterprise(e.ID); err == nil && cur.Name == e.Name && cur.InventoryReady == e.InventoryReady && reflect.DeepEqual(cur.Accounts, e.Accounts) {
-					continue
-				}
-				if _, err := n.ProposeEncoded(ctx, fsm.TypeUpsertEnterprise, e); err != nil {
-					return fmt.Errorf("enterprise %s: %w", e.ID, err)
-				}
-			}
-			if len(cards) > 0 {
-				if c, err := n.FSM().Counts(); err == nil && c.Cards == 0 {
-					start := time.Now()
-					added, _, err := n.Import(ctx, cards, nil, nil)
-					if err != nil {
-						return fmt.Errorf("import sample inventory: %w", err)
-					}
-					logger.Info("dev mode: sample inventory imported", "cards", added, "seconds", time.Since(start).Seconds())
-				}
-			}
-			return nil
-		}()
-		if err == nil {
-			return
-		}
-		logger.Warn("publish configuration", "error", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
-	}
+	return a.Stop()
 }

@@ -1,15 +1,8 @@
-package main
+package agent
 
 import (
-	"context"
-	"encoding/json"
-	"flag"
 	"fmt"
-	"io"
-	"os"
 	"time"
-
-	"github.com/hashicorp/go-hclog"
 
 	"cardsync/carrier"
 	"cardsync/carrier/sim"
@@ -20,12 +13,12 @@ import (
 const devEnterprises = 24
 
 // devTTL is how long synced data stays valid in dev mode: short, so re-syncs are visible.
-const devTTL = 5 * time.Minute
+const DevTTL = 5 * time.Minute
 
-// devInventory builds dev mode's catalog from the simulator's population: one carrier
+// DevCatalog builds dev mode's catalog from the simulator's population: one carrier
 // account per simulated account, 24 enterprises spread over them, and every simulated
 // card assigned to an enterprise that uses its account.
-func devInventory(s *sim.Sim, specs []sim.AccountSpec) ([]carrier.AccountConfig, []fsm.Account, []fsm.UpsertEnterprise, []fsm.CardImport) {
+func DevCatalog(s *sim.Sim, specs []sim.AccountSpec) ([]carrier.AccountConfig, Catalog) {
 	var cfgs []carrier.AccountConfig
 	var accts []fsm.Account
 	byCarrier := map[string][]string{}
@@ -35,7 +28,7 @@ func devInventory(s *sim.Sim, specs []sim.AccountSpec) ([]carrier.AccountConfig,
 		cfg.AppID, cfg.Secret, cfg.OpenID, cfg.CustNumber = sp.AppID, sp.Secret, sp.OpenID, sp.CustNumber
 		cfg.RatePerSec, cfg.Burst, cfg.Concurrency = sp.RatePerSec, max(sp.Burst, 1), max(sp.MaxConcurrent, 1)
 		cfgs = append(cfgs, cfg)
-		accts = append(accts, fsm.Account{ID: sp.ID, Carrier: sp.Carrier, TTL: devTTL, RatePerSec: sp.RatePerSec,
+		accts = append(accts, fsm.Account{ID: sp.ID, Carrier: sp.Carrier, TTL: DevTTL, RatePerSec: sp.RatePerSec,
 			Burst: max(sp.Burst, 1), Concurrency: max(sp.MaxConcurrent, 1), BatchSize: carrier.DefaultBatchSize(sp.Carrier), CredentialsValid: true})
 		byCarrier[sp.Carrier] = append(byCarrier[sp.Carrier], sp.ID)
 	}
@@ -66,11 +59,11 @@ func devInventory(s *sim.Sim, specs []sim.AccountSpec) ([]carrier.AccountConfig,
 			cards = append(cards, fsm.CardImport{ICCID: c.ICCID, Enterprise: e.ID, Account: sp.ID, MSISDN: c.MSISDN, IMSI: c.IMSI, IMEI: c.IMEI})
 		}
 	}
-	return cfgs, accts, ents, cards
+	return cfgs, Catalog{Accounts: accts, Enterprises: ents, Cards: cards}
 }
 
-// scaleDevAccounts resizes the dev population to about total cards, keeping proportions.
-func scaleDevAccounts(specs []sim.AccountSpec, total int) {
+// ScaleDevAccounts resizes the dev population to about total cards, keeping proportions.
+func ScaleDevAccounts(specs []sim.AccountSpec, total int) {
 	sum := 0
 	for _, s := range specs {
 		sum += s.Cards
@@ -83,41 +76,3 @@ func scaleDevAccounts(specs []sim.AccountSpec, total int) {
 	}
 }
 
-func runCarrierSim(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("carriersim", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	addr := fs.String("addr", "127.0.0.1:8800", "listen address")
-	configPath := fs.String("config", "", "simulator configuration (JSON); default: the dev accounts")
-	seed := fs.Int64("seed", 1, "seed of the card population")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	cfg := sim.DefaultConfig()
-	cfg.Seed = *seed
-	cfg.Accounts = sim.DevAccounts()
-	if *configPath != "" {
-		data, err := os.ReadFile(*configPath)
-		if err != nil {
-			return err
-		}
-		if cfg, err = sim.LoadConfig(data); err != nil {
-			return err
-		}
-	}
-	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "carriersim", Output: stderr})
-	s, err := sim.New(cfg)
-	if err != nil {
-		return err
-	}
-	if err := s.Start(*addr); err != nil {
-		return err
-	}
-	defer s.Close()
-	fmt.Fprintf(stdout, "carrier simulator on %s (stats: %s/_sim/stats)\n", s.URL(), s.URL())
-	enc := json.NewEncoder(stdout)
-	for _, a := range cfg.Accounts {
-		_ = enc.Encode(map[string]any{"account": a.ID, "carrier": a.Carrier, "cards": a.Cards, "rate_per_sec": a.RatePerSec})
-	}
-	<-ctx.Done()
-	return nil
-}
