@@ -26,7 +26,10 @@ func TestFlushRules(t *testing.T) {
 	base := Flush{Shard: s, Node: "n1", Epoch: ep, TaskID: task, Lease: time.Minute}
 	with := func(f func(*Flush)) Flush { p := base; f(&p); return p }
 
-	h.ok(with(func(p *Flush) { p.Cursor = iccid(2); p.Results = []CardResult{{ICCID: iccid(1), Data: active(1)}, {ICCID: iccid(2), Data: active(2)}} }))
+	h.ok(with(func(p *Flush) {
+		p.Cursor = iccid(2)
+		p.Results = []CardResult{{ICCID: iccid(1), Data: active(1)}, {ICCID: iccid(2), Data: active(2)}}
+	}))
 	tests := []struct {
 		name string
 		p    Flush
@@ -184,7 +187,7 @@ func TestChangeEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantSeqs := []uint64{idx1<<16 | 0, idx1<<16 | 1, idx2<<16 | 1, idx2<<16 | 2, idx4<<16 | 0}
+	wantSeqs := []uint64{idx1 << 16, idx1<<16 | 1, idx2<<16 | 1, idx2<<16 | 2, idx4 << 16}
 	_ = idx3
 	if len(got) != len(wantSeqs) || oldest != wantSeqs[0] {
 		t.Fatalf("got %d changes (oldest %d): %+v", len(got), oldest, got)
