@@ -22,6 +22,10 @@ func TestAccountStaysUnderQuota(t *testing.T) {
 	spec := testSpecs[0] // OneLink: two HTTP calls per batch
 	spec.RatePerSec, spec.Burst, spec.MaxConcurrent = 40, 5, 3
 	s := startSim(t, []sim.AccountSpec{spec})
+	// Carrier latency spread so calls overlap and the concurrency cap matters.
+	if err := s.SetFaults(spec.ID, sim.Faults{LatencyMin: sim.Duration(5 * time.Millisecond), LatencyMax: sim.Duration(60 * time.Millisecond)}); err != nil {
+		t.Fatal(err)
+	}
 	acct, err := carrier.NewAccount(accountCfg(s, spec.ID), nil, nil)
 	if err != nil {
 		t.Fatal(err)
