@@ -133,7 +133,7 @@ func (a *applier) flush(p *Flush) (*Result, error) {
 	if p.Lease > 0 {
 		s.LeaseUntil = addNanos(a.now, p.Lease)
 	}
-	if p.Reason != "" {
+	if p.Release || p.Reason != "" {
 		s.Reason = p.Reason
 	}
 	if p.Done {
