@@ -83,8 +83,9 @@ type Membership struct {
 	metaMu sync.Mutex // serialises UpdateMeta
 	meta   Meta
 
-	mu      sync.Mutex // guards members, subs, closed
+	mu      sync.Mutex // guards members, leaving, subs, closed
 	members map[string]Member
+	leaving map[string]bool // members that told this node they are leaving
 	subs    map[*subscriber]struct{}
 	closed  bool
 
@@ -111,6 +112,7 @@ func New(cfg Config) (*Membership, error) {
 		logger:  cfg.Logger,
 		meta:    cfg.Meta,
 		members: make(map[string]Member),
+		leaving: make(map[string]bool),
 		subs:    make(map[*subscriber]struct{}),
 	}
 	m.metaBytes.Store(&metaBytes)
@@ -356,13 +358,15 @@ func (m *Membership) UpdateMeta(fn func(*Meta)) error {
 }
 
 // Leave announces a graceful departure and waits up to timeout for the
-// announcement to spread. It first gossips Meta.Leaving (so that other
-// nodes record this node as Left rather than Dead), then memberlist's leave
-// message. The node keeps gossiping until Shutdown. Calling Leave again is
-// harmless; calling it after Shutdown returns ErrShutdown.
+// announcement to spread. memberlist reports departures and failures alike,
+// so Leave first tells every alive member directly (a reliable user
+// message) and gossips Meta.Leaving, then sends memberlist's leave message;
+// other nodes then record this node as Left rather than Dead. The node
+// keeps gossiping until Shutdown. Calling Leave again is harmless; calling
+// it after Shutdown returns ErrShutdown.
 //
-// A node that misses both the Leaving update and the leave message, and
-// only later learns of the departure, records the node as Dead.
+// A node that was unreachable during Leave and only later learns of the
+// departure records the node as Dead.
 func (m *Membership) Leave(timeout time.Duration) error {
 	m.lifeMu.Lock()
 	defer m.lifeMu.Unlock()
@@ -370,19 +374,9 @@ func (m *Membership) Leave(timeout time.Duration) error {
 		return ErrShutdown
 	}
 	start := time.Now()
-	m.metaMu.Lock()
-	if !m.meta.Leaving {
-		next := m.meta
-		next.Leaving = true
-		if b, err := EncodeMeta(next); err == nil {
-			m.metaBytes.Store(&b)
-			m.meta = next
-			if err := m.ml.UpdateNode(timeout); err != nil {
-				m.logger.Warn("leaving flag not confirmed before leave", "error", err)
-			}
-		}
+	if !m.left.Load() {
+		m.announceLeaving(timeout)
 	}
-	m.metaMu.Unlock()
 	m.left.Store(true)
 	remaining := timeout - time.Since(start)
 	if timeout > 0 && remaining <= 0 {
@@ -393,6 +387,63 @@ func (m *Membership) Leave(timeout time.Duration) error {
 	}
 	m.logger.Info("left cluster")
 	return nil
+}
+
+// msgLeaving is the user-message type announcing a graceful leave; the
+// sender's name follows.
+const msgLeaving = 1
+
+// announceLeaving sends the leave notice to every alive member and gossips
+// Meta.Leaving, within timeout (best effort: failures are logged).
+func (m *Membership) announceLeaving(timeout time.Duration) {
+	notice := append([]byte{msgLeaving}, m.cfg.Name...)
+	var targets []*memberlist.Node
+	m.mu.Lock()
+	for name, mem := range m.members {
+		if name == m.cfg.Name || mem.State != StateAlive {
+			continue
+		}
+		host, port, err := net.SplitHostPort(mem.Addr)
+		if err != nil {
+			continue
+		}
+		p, _ := strconv.Atoi(port)
+		targets = append(targets, &memberlist.Node{Name: name, Addr: net.ParseIP(host), Port: uint16(p)})
+	}
+	m.mu.Unlock()
+
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	for _, n := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := m.ml.SendReliable(n, notice); err != nil {
+				m.logger.Warn("leave notice not delivered", "member", n.Name, "error", err)
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(done) }()
+
+	m.metaMu.Lock()
+	next := m.meta
+	next.Leaving = true
+	if b, err := EncodeMeta(next); err == nil {
+		m.metaBytes.Store(&b)
+		m.meta = next
+		if err := m.ml.UpdateNode(timeout); err != nil {
+			m.logger.Warn("leaving flag not confirmed before leave", "error", err)
+		}
+	}
+	m.metaMu.Unlock()
+
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		m.logger.Warn("leave notices still in flight after timeout", "timeout", timeout)
+	}
 }
 
 // Shutdown stops gossip without announcing anything (others will detect
@@ -483,7 +534,21 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return b
 }
 
-func (d *delegate) NotifyMsg([]byte)                           {}
+// NotifyMsg receives leave notices (see Membership.Leave). It must not
+// block: it only records the sender.
+func (d *delegate) NotifyMsg(b []byte) {
+	if len(b) < 2 || b[0] != msgLeaving {
+		return
+	}
+	name := string(b[1:])
+	if name == d.m.cfg.Name {
+		return
+	}
+	d.m.mu.Lock()
+	d.m.leaving[name] = true
+	d.m.mu.Unlock()
+}
+
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
@@ -492,8 +557,8 @@ func (d *delegate) NotifyJoin(n *memberlist.Node)   { d.m.observe(n, EventJoin) 
 func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.m.observe(n, EventUpdate) }
 
 // NotifyLeave covers both departures and failures: memberlist does not say
-// which (the Node's State field is not maintained), so the member's last
-// gossiped Meta.Leaving decides.
+// which (the Node's State field is not maintained), so a leave notice from
+// the member, or its last gossiped Meta.Leaving, decides.
 func (d *delegate) NotifyLeave(n *memberlist.Node) { d.m.observe(n, EventFail) }
 
 // observe records a memberlist node change in the member table and fans
@@ -510,8 +575,15 @@ func (m *Membership) observe(n *memberlist.Node, t EventType) {
 	} else {
 		mem.Meta = meta
 	}
-	if t == EventFail && mem.Meta.Leaving {
-		t = EventLeave
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch t {
+	case EventFail:
+		if mem.Meta.Leaving || m.leaving[mem.Name] || (mem.Name == m.cfg.Name && m.left.Load()) {
+			t = EventLeave
+		}
+	case EventJoin:
+		delete(m.leaving, mem.Name) // back (restarted): a later loss is a failure again
 	}
 	switch t {
 	case EventJoin, EventUpdate:
@@ -522,9 +594,6 @@ func (m *Membership) observe(n *memberlist.Node, t EventType) {
 		mem.State = StateDead
 	}
 	m.logger.Debug("member event", "event", t.String(), "member", mem.Name, "addr", mem.Addr)
-
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.members[mem.Name] = mem
 	if m.closed {
 		return
