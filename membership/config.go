@@ -68,6 +68,10 @@ type Config struct {
 	// TombstoneTTL is how long dead and departed members stay in Members
 	// after their last change.
 	TombstoneTTL time.Duration
+	// ReconnectInterval is how often the node tries to reach one member it
+	// holds Dead (not Left), so that a healed partition merges again
+	// (0: never).
+	ReconnectInterval time.Duration
 }
 
 // DefaultConfig returns a Config with the LAN profile on 0.0.0.0:7946. Name
@@ -84,6 +88,7 @@ func DefaultConfig() Config {
 		BroadcastTimeout:     5 * time.Second,
 		EventBuffer:          256,
 		TombstoneTTL:         24 * time.Hour,
+		ReconnectInterval:    10 * time.Second,
 	}
 }
 
@@ -144,6 +149,9 @@ func (c Config) Validate() error {
 	}
 	if c.TombstoneTTL <= 0 {
 		return bad("tombstone TTL must be positive")
+	}
+	if c.ReconnectInterval < 0 {
+		return bad("reconnect interval is negative")
 	}
 	return nil
 }

@@ -92,6 +92,8 @@ type Membership struct {
 	lifeMu   sync.Mutex // serialises Leave and Shutdown
 	left     atomic.Bool
 	shutdown atomic.Bool
+	stop     chan struct{}  // closed by Shutdown
+	loops    sync.WaitGroup // background loops
 }
 
 // New validates cfg, starts memberlist listening on cfg.BindAddr and returns
@@ -114,6 +116,7 @@ func New(cfg Config) (*Membership, error) {
 		members: make(map[string]Member),
 		leaving: make(map[string]bool),
 		subs:    make(map[*subscriber]struct{}),
+		stop:    make(chan struct{}),
 	}
 	m.metaBytes.Store(&metaBytes)
 
@@ -139,7 +142,44 @@ func New(cfg Config) (*Membership, error) {
 		m.localAddr = net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
 	}
 	m.logger.Info("gossip started", "name", cfg.Name, "addr", m.localAddr, "profile", cfg.Profile)
+	if cfg.ReconnectInterval > 0 {
+		m.loops.Add(1)
+		go m.reconnectLoop()
+	}
 	return m, nil
+}
+
+// reconnectLoop periodically contacts one member held Dead: memberlist
+// stops probing dead members, so without it two halves of a healed
+// partition would stay apart.
+func (m *Membership) reconnectLoop() {
+	defer m.loops.Done()
+	t := time.NewTicker(m.cfg.ReconnectInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+		}
+		var dead []string
+		m.mu.Lock()
+		for name, mem := range m.members {
+			if name != m.cfg.Name && mem.State == StateDead {
+				dead = append(dead, mem.Addr)
+			}
+		}
+		m.mu.Unlock()
+		if len(dead) == 0 || m.left.Load() {
+			continue
+		}
+		addr := dead[rand.N(len(dead))]
+		if n, err := m.ml.Join([]string{addr}); n > 0 {
+			m.logger.Info("reconnected to a member held dead", "addr", addr)
+		} else {
+			m.logger.Debug("reconnect failed", "addr", addr, "error", err)
+		}
+	}
 }
 
 // GossipAddr returns the ip:port other nodes use to join this one.
@@ -455,7 +495,9 @@ func (m *Membership) Shutdown() error {
 	if m.shutdown.Swap(true) {
 		return nil
 	}
+	close(m.stop)
 	err := m.ml.Shutdown()
+	m.loops.Wait()
 	m.mu.Lock()
 	m.closed = true
 	subs := m.subs
