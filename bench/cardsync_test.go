@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -44,6 +45,10 @@ func newCardsyncStore(tb testing.TB, w workload, plans []*shardPlan) *cardsyncSt
 		Sync: func(c *syncer.Config) {
 			c.MaxWorkers = 1
 			c.PollInterval = time.Hour
+		},
+		Node: func(_ int, c *node.Config) {
+			// Diagnosis only: how much of the write path is the FSM's own fsync.
+			c.FSMNoSync = os.Getenv("WRITEPATH_FSM_NOSYNC") == "1"
 		},
 	})
 	c.WaitStable(60 * time.Second)
