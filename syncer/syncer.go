@@ -108,8 +108,8 @@ func (s *Syncer) Run(ctx context.Context) error {
 	fast := time.NewTicker(100 * time.Millisecond)
 	defer fast.Stop()
 	defer s.stopAll("node shutting down")
+	s.poll(ctx)
 	for {
-		s.poll(ctx)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -124,6 +124,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 				continue
 			}
 		}
+		s.poll(ctx)
 	}
 }
 

@@ -366,7 +366,15 @@ func (w *worker) deferredNextRun() time.Time {
 	if len(w.deferred) == 0 {
 		return time.Time{}
 	}
-	return w.s.cfg.Now().Add(w.s.cfg.DependencyRetry)
+	retry := w.s.cfg.DependencyRetry
+	for _, why := range w.deferred {
+		if strings.HasPrefix(why, "quota:") {
+			// A quota share moves as soon as another node's backlog of the account
+			// drains: look again soon.
+			retry = min(retry, 5*w.s.cfg.PollInterval)
+		}
+	}
+	return w.s.cfg.Now().Add(retry)
 }
 
 func (w *worker) maybeFlush(ctx context.Context) error {

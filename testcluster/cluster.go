@@ -35,8 +35,13 @@ type Options struct {
 	SimAccounts []sim.AccountSpec
 	// Cards scales the default population (default 2,000).
 	Cards int
+	// QuotaScale multiplies the default accounts' call rates and bursts so tests finish
+	// quickly (default 4; the concurrency caps, Cisco's 1 included, stay as they are).
+	QuotaScale float64
 	// NoCatalog skips publishing accounts, enterprises and cards at start.
 	NoCatalog bool
+	// Accounts adjusts the carrier account clients every member gets (e.g. a wrong secret).
+	Accounts func([]carrier.AccountConfig)
 	// Sync and Node adjust each member's configuration.
 	Sync func(*syncer.Config)
 	Node func(i int, c *node.Config)
@@ -112,6 +117,13 @@ func New(t testing.TB, opts Options) *Cluster {
 		if specs == nil {
 			specs = sim.DevAccounts()
 			agent.ScaleDevAccounts(specs, opts.Cards)
+			if opts.QuotaScale == 0 {
+				opts.QuotaScale = 4
+			}
+			for i := range specs {
+				specs[i].RatePerSec *= opts.QuotaScale
+				specs[i].Burst = int(float64(specs[i].Burst) * opts.QuotaScale)
+			}
 		}
 		scfg := sim.DefaultConfig()
 		scfg.Seed = 7
@@ -126,6 +138,9 @@ func New(t testing.TB, opts Options) *Cluster {
 		}
 		c.Sim = s
 		c.accounts, c.Catalog = agent.DevCatalog(s, specs)
+		if opts.Accounts != nil {
+			opts.Accounts(c.accounts)
+		}
 		if opts.NoCatalog {
 			c.Catalog = agent.Catalog{}
 		}
