@@ -40,7 +40,6 @@ func benchWorkload(short bool) workload {
 func (w workload) shardSize() int { return w.flushesPerShard * w.perFlush }
 func (w workload) shards() int    { return w.writers * w.shardsPerWriter }
 func (w workload) flushes() int   { return w.shards() * w.flushesPerShard }
-func (w workload) results() int   { return w.flushes() * w.perFlush }
 
 // shardPlan is one shard of the workload: its id, the enterprise whose cards fill it and
 // its cards in order.
@@ -137,6 +136,9 @@ type runStats struct {
 	flushes []time.Duration
 	claims  []time.Duration
 	results int
+	// perWriter holds each writer's flush latencies (writer 0 proposes through the
+	// cardsync leader; the others are forwarded).
+	perWriter [][]time.Duration
 }
 
 // runWorkload runs every writer to the end of its shards once; round numbers the run so
@@ -184,6 +186,7 @@ func runWorkload(ctx context.Context, st writeStore, w workload, plans []*shardP
 	var errs []error
 	for _, o := range outs {
 		rs.flushes = append(rs.flushes, o.flushes...)
+		rs.perWriter = append(rs.perWriter, o.flushes)
 		rs.claims = append(rs.claims, o.claims...)
 		rs.results += o.results
 		if o.err != nil {
@@ -226,6 +229,11 @@ func benchStore(b *testing.B, st writeStore, w workload, plans []*shardPlan) {
 		all.flushes = append(all.flushes, rs.flushes...)
 		all.claims = append(all.claims, rs.claims...)
 		all.results += rs.results
+		if testing.Verbose() {
+			for wi, ds := range rs.perWriter {
+				b.Logf("writer %d: flush p50 %.2f ms, p99 %.2f ms", wi, percentileMs(ds, 0.5), percentileMs(ds, 0.99))
+			}
+		}
 	}
 	cpu := processCPU() - cpu0
 	b.ReportMetric(float64(all.results)/all.elapsed.Seconds(), "results/s")

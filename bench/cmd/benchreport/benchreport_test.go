@@ -195,6 +195,7 @@ func TestRunWritesReports(t *testing.T) {
 		"| BenchmarkApplyFlush cards/s | 123,456 | >= 100,000 | 1.23 | yes |",
 		"| write path: cardsync / etcd results/s | 0.931 | >= 1.00 | 0.93 | **no** | cardsync",
 		"#### BenchmarkWritePath/cardsync", "| results/s | 20,684 | >= 20,000 | 1.03 |", "| claim-p50-ms | 16.15 |  |  |",
+		"#### BenchmarkWritePath side by side\n\n| metric | cardsync | etcd |\n| --- | ---: | ---: |\n| ns/op | 4,351,272,284 | 4,050,234,583 |\n| claim-p50-ms | 16.15 | |",
 		"## Failures", "--- FAIL: BenchmarkOther", "## Notes\n\nWhy cardsync trails etcd.",
 	} {
 		if !strings.Contains(string(mdText), want) {

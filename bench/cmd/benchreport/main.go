@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -48,11 +49,14 @@ func run(args []string, stdin io.Reader, stderr io.Writer) error {
 		}
 		rep.Notes = string(b)
 	}
-	js, err := json.MarshalIndent(rep, "", "  ")
-	if err != nil {
+	var js bytes.Buffer
+	enc := json.NewEncoder(&js)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(rep); err != nil {
 		return err
 	}
-	if err := writeFile(*jsonPath, append(js, '\n')); err != nil {
+	if err := writeFile(*jsonPath, js.Bytes()); err != nil {
 		return err
 	}
 	if err := writeFile(*mdPath, []byte(rep.Markdown())); err != nil {

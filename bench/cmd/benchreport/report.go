@@ -213,6 +213,42 @@ func metText(c Check) string {
 	}
 }
 
+// sideBySide writes one table with a column per sub-benchmark of parent, when it has
+// more than one.
+func (r *Report) sideBySide(b *strings.Builder, pkg, parent string) {
+	var subs []BenchResult
+	var units []string
+	for _, br := range r.Benchmarks {
+		if br.Package == pkg && strings.HasPrefix(br.Name, parent+"/") {
+			subs = append(subs, br)
+			for _, u := range br.Units {
+				if !slices.Contains(units, u) {
+					units = append(units, u)
+				}
+			}
+		}
+	}
+	if len(subs) < 2 {
+		return
+	}
+	fmt.Fprintf(b, "\n#### %s side by side\n\n| metric |", parent)
+	for _, s := range subs {
+		fmt.Fprintf(b, " %s |", strings.TrimPrefix(s.Name, parent+"/"))
+	}
+	b.WriteString("\n| --- |" + strings.Repeat(" ---: |", len(subs)) + "\n")
+	for _, u := range units {
+		fmt.Fprintf(b, "| %s |", u)
+		for _, s := range subs {
+			if v, ok := s.Metrics[u]; ok {
+				fmt.Fprintf(b, " %s |", num(v))
+			} else {
+				b.WriteString(" |")
+			}
+		}
+		b.WriteString("\n")
+	}
+}
+
 // Markdown renders the report.
 func (r *Report) Markdown() string {
 	var b strings.Builder
@@ -251,7 +287,7 @@ func (r *Report) Markdown() string {
 
 	b.WriteString("## Results\n")
 	pkg := "\x00"
-	for _, br := range r.Benchmarks {
+	for i, br := range r.Benchmarks {
 		if br.Package != pkg {
 			pkg = br.Package
 			name := pkg
@@ -259,6 +295,9 @@ func (r *Report) Markdown() string {
 				name = "(package not named in the input)"
 			}
 			fmt.Fprintf(&b, "\n### %s\n", name)
+		}
+		if parent, _, ok := strings.Cut(br.Name, "/"); ok && (i == 0 || !strings.HasPrefix(r.Benchmarks[i-1].Name, parent+"/")) {
+			r.sideBySide(&b, br.Package, parent)
 		}
 		runs := "1 run"
 		if br.Runs != 1 {
