@@ -39,9 +39,13 @@ echo "== cardsync benchmarks ($mode): product module" >&2
 echo "== cardsync benchmarks ($mode): write path vs etcd" >&2
 (cd "$here" && "$GO" test "${flags[@]}" -count "$count" ./...) 2>&1 | tee "$log/writepath.txt" || status=1
 
+rev="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || true)"
+if [[ -n "$rev" ]] && [[ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+	rev="$rev with uncommitted changes"
+fi
 cmd="bench/run.sh"
 [[ "$mode" == "quick" ]] && cmd="QUICK=1 bench/run.sh"
 (cd "$here" && cat "$log/product.txt" "$log/writepath.txt" |
 	"$GO" run ./cmd/benchreport -md "$OUT/benchmarks.md" -json "$OUT/benchmarks.json" \
-		-notes "$here/NOTES.md" -command "$cmd") || status=1
+		-notes "$here/NOTES.md" -command "$cmd" -rev "$rev") || status=1
 exit $status

@@ -183,7 +183,7 @@ func TestRunWritesReports(t *testing.T) {
 	}
 	md, js := filepath.Join(dir, "docs", "benchmarks.md"), filepath.Join(dir, "docs", "benchmarks.json")
 	var stderr bytes.Buffer
-	if err := run([]string{"-md", md, "-json", js, "-notes", notes, "-command", "make bench"}, strings.NewReader(plainOut), &stderr); err != nil {
+	if err := run([]string{"-md", md, "-json", js, "-notes", notes, "-command", "make bench", "-rev", "abc1234"}, strings.NewReader(plainOut), &stderr); err != nil {
 		t.Fatalf("%v: %s", err, stderr.String())
 	}
 	mdText, err := os.ReadFile(md)
@@ -191,7 +191,7 @@ func TestRunWritesReports(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"## Machine", "| Cores |", "1 run, 1 iteration, GOMAXPROCS 2.", "`make bench`",
+		"## Machine", "| Cores |", "1 run, 1 iteration, GOMAXPROCS 2.", "`make bench`", "Source revision: abc1234.",
 		"| BenchmarkApplyFlush cards/s | 123,456 | >= 100,000 | 1.23 | yes |",
 		"| write path: cardsync / etcd results/s | 0.931 | >= 1.00 | 0.93 | **no** | cardsync",
 		"#### BenchmarkWritePath/cardsync", "| results/s | 20,684 | >= 20,000 | 1.03 |", "| claim-p50-ms | 16.15 |  |  |",

@@ -31,6 +31,7 @@ func run(args []string, stdin io.Reader, stderr io.Writer) error {
 	jsonPath := fs.String("json", "docs/benchmarks.json", "JSON report to write")
 	notes := fs.String("notes", "", "Markdown file appended to the report as its notes")
 	command := fs.String("command", "", "the command that produced the input, shown in the report")
+	rev := fs.String("rev", "", "the source revision benchmarked, shown in the report")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -41,7 +42,9 @@ func run(args []string, stdin io.Reader, stderr io.Writer) error {
 	if len(in.Runs) == 0 {
 		return errors.New("no benchmark lines in the input")
 	}
-	rep := Build(in, machine(*command), targets, comparisons)
+	m := machine(*command)
+	m.Revision = *rev
+	rep := Build(in, m, targets, comparisons)
 	if *notes != "" {
 		b, err := os.ReadFile(*notes)
 		if err != nil {
