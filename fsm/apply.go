@@ -33,6 +33,9 @@ type applier struct {
 	// changesAdded counts change events written by this batch; retention runs once in
 	// finish, which leaves the same newest events as trimming after every command.
 	changesAdded uint64
+	// maxNow is the latest stamp of the batch; feed is the feed settings, read once.
+	maxNow int64
+	feed   *FeedSettings
 }
 
 func newApplier(tx *bolt.Tx, cfg Config) *applier {
@@ -64,6 +67,7 @@ func (a *applier) apply(index uint64, data []byte) (any, error) {
 	}
 	a.index = index
 	a.now = toNanos(cmd.Time)
+	a.maxNow = max(a.maxNow, a.now)
 	var res *Result
 	switch p := p.(type) {
 	case *UpsertAccount:
@@ -92,6 +96,18 @@ func (a *applier) apply(index uint64, data []byte) (any, error) {
 		res, err = a.setMaintenance(p)
 	case *SetAccountStatus:
 		res, err = a.setAccountStatus(p)
+	case *SetFeedSettings:
+		res, err = a.setFeedSettings(p)
+	case *UpsertSubscription:
+		res, err = a.upsertSubscription(p)
+	case *DeleteSubscription:
+		res, err = a.deleteSubscription(p)
+	case *ClaimSubscription:
+		res, err = a.claimSubscription(p)
+	case *AdvanceSubscription:
+		res, err = a.advanceSubscription(p)
+	case *SetSubscriptionPaused:
+		res, err = a.setSubscriptionPaused(p)
 	default:
 		return fmt.Errorf("%w: %s", ErrUnknownCommand, cmd.Type), nil
 	}
@@ -107,27 +123,7 @@ func (a *applier) apply(index uint64, data []byte) (any, error) {
 
 // finish runs the batch-level work: change retention.
 func (a *applier) finish() error {
-	if a.changesAdded == 0 {
-		return nil
-	}
-	n := getU64(a.meta, keyNumChanges) + a.changesAdded
-	limit := uint64(a.cfg.ChangeRetention)
-	if n > limit {
-		// Collect first, then delete: re-seeking the first key after each delete walks
-		// the emptied leaves again and again.
-		drop := make([][]byte, 0, n-limit)
-		c := a.changes.Cursor()
-		for k, _ := c.First(); k != nil && uint64(len(drop)) < n-limit; k, _ = c.Next() {
-			drop = append(drop, k)
-		}
-		for _, k := range drop {
-			if err := a.changes.Delete(k); err != nil {
-				return fmt.Errorf("trim changes: %w", err)
-			}
-		}
-		n -= uint64(len(drop))
-	}
-	return putU64(a.meta, keyNumChanges, n)
+	return a.trimChanges()
 }
 
 // ---- record access ----

@@ -81,6 +81,10 @@ func (a *applier) flush(p *Flush) (*Result, error) {
 	}
 
 	// Pass 2: write the cards and their change events.
+	fs, err := a.feedSettings()
+	if err != nil {
+		return nil, err
+	}
 	var synced uint64
 	var ch changeRec
 	for i := range p.Results {
@@ -114,9 +118,9 @@ func (a *applier) flush(p *Flush) (*Result, error) {
 		if err := a.cards.Put(keys[i], a.keep(a.scratch)); err != nil {
 			return nil, err
 		}
-		if c.Data.changedFrom(before) || c.ErrKind != beforeErr {
+		if kinds := changeKinds(before, c.Data, beforeErr, c.ErrKind, fs.UsageStepBytes); kinds != 0 {
 			ch = changeRec{ICCID: r.ICCID, Enterprise: c.Enterprise, Before: before, After: c.Data,
-				BeforeErr: beforeErr, AfterErr: c.ErrKind, Time: a.now}
+				BeforeErr: beforeErr, AfterErr: c.ErrKind, Time: a.now, Kinds: kinds}
 			a.scratch = ch.encode(a.scratch)
 			if err := a.changes.Put(a.seqKey(a.index<<16|uint64(i)), a.keep(a.scratch)); err != nil {
 				return nil, err

@@ -30,6 +30,15 @@ const (
 	TypeSetCheckpoint    Type = 11
 	TypeSetMaintenance   Type = 12
 	TypeSetAccountStatus Type = 13
+	// Change feed and webhook subscriptions.
+	TypeSetFeedSettings       Type = 14
+	TypeUpsertSubscription    Type = 15
+	TypeDeleteSubscription    Type = 16
+	TypeClaimSubscription     Type = 17
+	TypeAdvanceSubscription   Type = 18
+	TypeSetSubscriptionPaused Type = 19
+
+	lastType = TypeSetSubscriptionPaused
 )
 
 var typeNames = [...]string{
@@ -46,11 +55,18 @@ var typeNames = [...]string{
 	TypeSetCheckpoint:    "set_checkpoint",
 	TypeSetMaintenance:   "set_maintenance",
 	TypeSetAccountStatus: "set_account_status",
+
+	TypeSetFeedSettings:       "set_feed_settings",
+	TypeUpsertSubscription:    "upsert_subscription",
+	TypeDeleteSubscription:    "delete_subscription",
+	TypeClaimSubscription:     "claim_subscription",
+	TypeAdvanceSubscription:   "advance_subscription",
+	TypeSetSubscriptionPaused: "set_subscription_paused",
 }
 
 // Valid reports whether t is a known command type.
 func (t Type) Valid() bool {
-	return t >= TypeUpsertAccount && t <= TypeSetAccountStatus
+	return t >= TypeUpsertAccount && t <= lastType
 }
 
 // String returns the command's name, or "type(N)" for an unknown type.
@@ -230,6 +246,18 @@ func newPayload(t Type) any {
 		return new(SetMaintenance)
 	case TypeSetAccountStatus:
 		return new(SetAccountStatus)
+	case TypeSetFeedSettings:
+		return new(SetFeedSettings)
+	case TypeUpsertSubscription:
+		return new(UpsertSubscription)
+	case TypeDeleteSubscription:
+		return new(DeleteSubscription)
+	case TypeClaimSubscription:
+		return new(ClaimSubscription)
+	case TypeAdvanceSubscription:
+		return new(AdvanceSubscription)
+	case TypeSetSubscriptionPaused:
+		return new(SetSubscriptionPaused)
 	}
 	return nil
 }
@@ -263,6 +291,18 @@ func payloadType(p any) (Type, bool) {
 		return TypeSetMaintenance, true
 	case SetAccountStatus, *SetAccountStatus:
 		return TypeSetAccountStatus, true
+	case SetFeedSettings, *SetFeedSettings:
+		return TypeSetFeedSettings, true
+	case UpsertSubscription, *UpsertSubscription:
+		return TypeUpsertSubscription, true
+	case DeleteSubscription, *DeleteSubscription:
+		return TypeDeleteSubscription, true
+	case ClaimSubscription, *ClaimSubscription:
+		return TypeClaimSubscription, true
+	case AdvanceSubscription, *AdvanceSubscription:
+		return TypeAdvanceSubscription, true
+	case SetSubscriptionPaused, *SetSubscriptionPaused:
+		return TypeSetSubscriptionPaused, true
 	}
 	return 0, false
 }

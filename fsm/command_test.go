@@ -138,7 +138,7 @@ func TestDecodeErrors(t *testing.T) {
 }
 
 func TestTypeString(t *testing.T) {
-	for typ := TypeUpsertAccount; typ <= TypeSetAccountStatus; typ++ {
+	for typ := TypeUpsertAccount; typ <= lastType; typ++ {
 		if s := typ.String(); s == "" || s[0] == 't' && s[1] == 'y' {
 			t.Errorf("type %d has no name: %q", typ, s)
 		}

@@ -36,6 +36,10 @@ type FSM struct {
 	// broken holds the storage error that made a batch fail; once set, every later
 	// command is answered with it (the replica has diverged and must be rebuilt).
 	broken atomic.Pointer[error]
+
+	// notify is closed (and replaced on demand) after every applied batch and restore.
+	notifyMu sync.Mutex
+	notify   chan struct{}
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -187,6 +191,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		return resps
 	}
 	f.applied.Store(last)
+	f.signalApplied()
 	return resps
 }
 
@@ -275,6 +280,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.db = db
 	f.applied.Store(idx)
 	f.broken.Store(nil)
+	f.signalApplied()
 	f.logger.Info("restored snapshot", "applied_index", idx)
 	return nil
 }

@@ -11,21 +11,22 @@ import (
 
 // Bucket names. Composite keys join their parts with a 0x00 byte, which no id contains.
 var (
-	bucketMeta        = []byte("meta")        // settings, counters, applied index, maintenance
-	bucketAccounts    = []byte("accounts")    // account id -> JSON Account
-	bucketEnterprises = []byte("enterprises") // enterprise id -> JSON Enterprise
-	bucketCards       = []byte("cards")       // shard \x00 ICCID -> cardRec
-	bucketICCIDs      = []byte("iccids")      // ICCID -> shard id
-	bucketEntCards    = []byte("ent_cards")   // enterprise \x00 ICCID -> empty
-	bucketShards      = []byte("shards")      // shard id -> shardRec
-	bucketGroups      = []byte("groups")      // group (4-byte big-endian) -> groupRec
-	bucketClaims      = []byte("claims")      // node \x00 shard -> empty
-	bucketHistory     = []byte("history")     // shard \x00 task id (8-byte BE) -> Round
-	bucketChanges     = []byte("changes")     // seq (8-byte BE) -> changeRec
+	bucketMeta        = []byte("meta")          // settings, counters, applied index, maintenance
+	bucketAccounts    = []byte("accounts")      // account id -> JSON Account
+	bucketEnterprises = []byte("enterprises")   // enterprise id -> JSON Enterprise
+	bucketCards       = []byte("cards")         // shard \x00 ICCID -> cardRec
+	bucketICCIDs      = []byte("iccids")        // ICCID -> shard id
+	bucketEntCards    = []byte("ent_cards")     // enterprise \x00 ICCID -> empty
+	bucketShards      = []byte("shards")        // shard id -> shardRec
+	bucketGroups      = []byte("groups")        // group (4-byte big-endian) -> groupRec
+	bucketClaims      = []byte("claims")        // node \x00 shard -> empty
+	bucketHistory     = []byte("history")       // shard \x00 task id (8-byte BE) -> Round
+	bucketChanges     = []byte("changes")       // seq (8-byte BE) -> changeRec
+	bucketSubs        = []byte("subscriptions") // subscription id -> JSON Subscription
 
 	allBuckets = [][]byte{bucketMeta, bucketAccounts, bucketEnterprises, bucketCards,
 		bucketICCIDs, bucketEntCards, bucketShards, bucketGroups, bucketClaims,
-		bucketHistory, bucketChanges}
+		bucketHistory, bucketChanges, bucketSubs}
 )
 
 // Keys of the meta bucket.
@@ -36,6 +37,9 @@ var (
 	keyNumCards    = []byte("n_cards")
 	keyNumShards   = []byte("n_shards")
 	keyNumChanges  = []byte("n_changes")
+	keyTrimmed     = []byte("changes_trimmed")
+	keyFeed        = []byte("feed_settings")
+	keyFeedClock   = []byte("feed_clock")
 )
 
 // maxIDLen bounds ids of accounts, enterprises, nodes and shards; maxTextLen bounds

@@ -158,12 +158,6 @@ func (d dataRec) public() CardData {
 	}
 }
 
-// changedFrom reports whether d differs from old in a field that makes a change event.
-func (d dataRec) changedFrom(old dataRec) bool {
-	return d.Status != old.Status || d.RawStatus != old.RawStatus ||
-		d.RatePlan != old.RatePlan || d.DataUsedBytes != old.DataUsedBytes
-}
-
 func (w *wbuf) data(d *dataRec) {
 	w.str(d.Status)
 	w.str(d.RawStatus)
@@ -425,6 +419,9 @@ type changeRec struct {
 	Before, After       dataRec
 	BeforeErr, AfterErr string
 	Time                int64
+	// Kinds is the kind bits (see KindStatus ...); 0 in records written before kinds
+	// were stored, which have no trailing byte.
+	Kinds byte
 }
 
 func (c *changeRec) encode(buf []byte) []byte {
@@ -437,6 +434,7 @@ func (c *changeRec) encode(buf []byte) []byte {
 	w.str(c.BeforeErr)
 	w.str(c.AfterErr)
 	w.i64(c.Time)
+	w.byte1(c.Kinds)
 	return w.b
 }
 
@@ -452,6 +450,10 @@ func (c *changeRec) decode(b []byte) error {
 	c.BeforeErr = r.str()
 	c.AfterErr = r.str()
 	c.Time = r.i64()
+	c.Kinds = 0
+	if r.err == nil && len(r.b) > 0 {
+		c.Kinds = r.byte1()
+	}
 	return r.err
 }
 
@@ -460,5 +462,6 @@ func (c *changeRec) public(seq uint64) Change {
 		Seq: seq, ICCID: c.ICCID, Enterprise: c.Enterprise,
 		Before: c.Before.public(), After: c.After.public(),
 		BeforeErr: c.BeforeErr, AfterErr: c.AfterErr, Time: fromNanos(c.Time),
+		Kinds: kindNames(c.kinds()),
 	}
 }

@@ -153,6 +153,8 @@ type Change struct {
 	BeforeErr  string    `json:"before_err,omitempty"`
 	AfterErr   string    `json:"after_err,omitempty"`
 	Time       time.Time `json:"time"`
+	// Kinds says what changed: KindStatus, KindRatePlan, KindUsage, KindError.
+	Kinds []string `json:"kinds"`
 }
 
 // Counts are record counts.
