@@ -58,7 +58,8 @@ type Node struct {
 	ring     *membership.Ring
 	ringSubs []chan struct{}
 
-	ready atomic.Bool
+	ready    atomic.Bool
+	observer atomic.Pointer[observerBox]
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -304,7 +305,11 @@ func (n *Node) Ready() bool { return n.ready.Load() }
 // Propose submits a command (see package fsm) to the cluster and returns the FSM's result.
 // On a follower the command is forwarded to the leader. Rule violations come back as the
 // FSM's errors (errors.Is works across forwarding).
-func (n *Node) Propose(ctx context.Context, cmd []byte) (*fsm.Result, error) {
+func (n *Node) Propose(ctx context.Context, cmd []byte) (res *fsm.Result, err error) {
+	if obs := n.proposalObserver(); obs != nil {
+		start := time.Now()
+		defer func() { obs(cmd, res, err, start, time.Now()) }()
+	}
 	if _, err := fsm.Decode(cmd); err != nil {
 		return nil, err
 	}

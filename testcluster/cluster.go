@@ -48,6 +48,10 @@ type Options struct {
 	// Logger receives every member's logs (default: discarded, or stderr when the
 	// environment variable CARDSYNC_TEST_LOG is set).
 	Logger hclog.Logger
+
+	// Faults builds a fault switchboard (see Faults) and routes every member's gossip,
+	// Raft and carrier traffic through it.
+	Faults bool
 }
 
 // Cluster is a set of real cardsync members in this process plus the carrier simulator.
@@ -61,6 +65,8 @@ type Cluster struct {
 	dir      string
 	accounts []carrier.AccountConfig
 	mu       sync.Mutex
+
+	faults *Faults // nil unless Options.Faults
 }
 
 // Member is one node of the cluster; Agent is nil while it is down.
@@ -111,6 +117,9 @@ func New(t testing.TB, opts Options) *Cluster {
 		}
 	}
 	c := &Cluster{T: t, opts: opts, dir: t.TempDir()}
+	if opts.Faults {
+		c.faults = newFaults(c)
+	}
 	t.Cleanup(c.Close)
 	if !opts.NoSim {
 		specs := opts.SimAccounts
@@ -207,13 +216,17 @@ func (c *Cluster) config(m *Member, join []string) agent.Config {
 	if c.opts.Sync != nil {
 		c.opts.Sync(&sc)
 	}
-	return agent.Config{
+	cfg := agent.Config{
 		Node:     nc,
 		Sync:     sc,
 		Accounts: c.accounts,
 		Catalog:  c.Catalog,
 		Logger:   c.opts.Logger.Named(m.Name),
 	}
+	if c.faults != nil {
+		c.faults.wire(m.Name, &cfg)
+	}
+	return cfg
 }
 
 func (c *Cluster) start(m *Member, join []string) error {

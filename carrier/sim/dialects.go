@@ -191,7 +191,7 @@ func (s *Sim) oneLinkInfo(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, c, http.StatusOK, oneLinkEnv("0", "正确", items))
 	if !c.truncate {
-		s.w.fetched(c.a, fetched)
+		s.fetched(c, fetched)
 	}
 }
 
@@ -313,7 +313,7 @@ func (s *Sim) unicomDetails(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, c, http.StatusOK, map[string]any{"status": "0000", "message": "success", "data": map[string]any{"terminals": terms}})
 	if !c.truncate {
-		s.w.fetched(a, fetched)
+		s.fetched(c, fetched)
 	}
 }
 
@@ -450,7 +450,7 @@ func (s *Sim) telecomInfo(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, c, http.StatusOK, map[string]any{"code": "0", "message": "成功", "data": map[string]any{"qrySimInfoList": rows}})
 	if !c.truncate {
-		s.w.fetched(c.a, fetched)
+		s.fetched(c, fetched)
 	}
 }
 
@@ -556,7 +556,7 @@ func (s *Sim) ciscoDevice(w http.ResponseWriter, r *http.Request) {
 		"dateShipped": ciscoTime(st.OpenedAt), "fixedIPAddress": "", "deviceID": "", "modemID": "", "globalSIMType": "",
 	})
 	if !c.truncate {
-		s.w.fetched(c.a, []string{st.ICCID})
+		s.fetched(c, []string{st.ICCID})
 	}
 }
 

@@ -274,6 +274,8 @@ type call struct {
 	truncate     bool
 	notFoundRate float64
 	release      func()
+	start        time.Time // when the call was admitted
+	tag          string    // the caller's TagHeader
 }
 
 func (c *call) notFound(s *Sim) bool {
@@ -300,7 +302,10 @@ func (s *Sim) begin(w http.ResponseWriter, r *http.Request, a *account, d dialec
 		d.rateLimited(w, a.retryAfter())
 		return nil
 	}
-	c := &call{a: a, release: func() { s.w.leave(a) }, notFoundRate: f.Rates[FaultNotFound]}
+	c := &call{a: a, release: func() { s.w.leave(a) }, notFoundRate: f.Rates[FaultNotFound], start: now}
+	if s.w.logging() {
+		c.tag = r.Header.Get(TagHeader)
+	}
 	if !sleep(r.Context(), s.cfg.Latency+s.extraLatency(f)) {
 		c.release()
 		return nil

@@ -44,6 +44,54 @@ type witness struct {
 	since      time.Time
 	keep       int
 	perAccount map[string]*accountWitness
+
+	logOn bool
+	log   []CallRecord
+}
+
+// TagHeader is a request header whose value the call log records with each call (a
+// test harness sets it to the calling node's name).
+const TagHeader = "X-Carriersim-Tag"
+
+// CallRecord is one data call that returned card records, as the call log keeps it.
+type CallRecord struct {
+	Account string    `json:"account"`
+	Tag     string    `json:"tag,omitempty"`
+	Start   time.Time `json:"start"` // admitted within quota
+	End     time.Time `json:"end"`   // answered
+	ICCIDs  []string  `json:"iccids"`
+}
+
+// RecordCalls switches the call log on (cleared) or off. It is off by default: the
+// witness' counters do not need it.
+func (s *Sim) RecordCalls(on bool) {
+	s.w.mu.Lock()
+	s.w.logOn, s.w.log = on, nil
+	s.w.mu.Unlock()
+}
+
+// Calls returns the call log, oldest answer first.
+func (s *Sim) Calls() []CallRecord {
+	s.w.mu.Lock()
+	defer s.w.mu.Unlock()
+	return append([]CallRecord(nil), s.w.log...)
+}
+
+func (w *witness) logging() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.logOn
+}
+
+// fetched counts the card records a call returned and logs the call when the log is on.
+func (s *Sim) fetched(c *call, iccids []string) {
+	s.w.fetched(c.a, iccids)
+	s.w.mu.Lock()
+	if s.w.logOn {
+		s.w.log = append(s.w.log, CallRecord{Account: c.a.spec.ID, Tag: c.tag, Start: c.start, End: time.Now(),
+			ICCIDs: append([]string(nil), iccids...)})
+	}
+	s.w.mu.Unlock()
 }
 
 type accountWitness struct {
