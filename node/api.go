@@ -262,18 +262,39 @@ func (n *Node) handleAccounts(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"accounts": as})
 }
 
+// handleChanges serves the change feed: events after a sequence (after=SEQ, or
+// after_index=N for SeqOfIndex(N), the position a GET /v1/cards page's applied_index
+// stands for), in order, filtered by enterprise and kinds (comma-separated). With
+// wait=D it long-polls: it answers as soon as an event arrives, woken by the FSM's apply
+// path. A reader whose position retention has passed gets 410 and must resynchronise from
+// GET /v1/cards?enterprise=ID. "next" is the after of the following request.
 func (n *Node) handleChanges(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	after, err := strconv.ParseUint(q.Get("after")+"0", 10, 64)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "after must be a sequence number")
-		return
+	var after uint64
+	if s := q.Get("after"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "after must be a sequence number")
+			return
+		}
+		after = v
 	}
-	after /= 10
-	limit, err := queryInt(r, "limit", 100, 10000)
+	if s := q.Get("after_index"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil || v >= 1<<48 || q.Get("after") != "" {
+			writeError(w, http.StatusBadRequest, "after_index must be a raft index, and not given with after")
+			return
+		}
+		after = fsm.SeqOfIndex(v)
+	}
+	limit, err := queryInt(r, "limit", 100, fsm.MaxPage)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
+	}
+	var kinds []string
+	if ks := q.Get("kinds"); ks != "" {
+		kinds = strings.Split(ks, ",")
 	}
 	var wait time.Duration
 	if ws := q.Get("wait"); ws != "" {
@@ -283,33 +304,40 @@ func (n *Node) handleChanges(w http.ResponseWriter, r *http.Request) {
 		}
 		wait = min(wait, 5*time.Minute)
 	}
-	deadline := time.Now().Add(wait)
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	fq := fsm.FeedQuery{After: after, Limit: limit, Enterprise: q.Get("enterprise"), Kinds: kinds}
 	for {
-		changes, oldest, err := n.fsm.Changes(after, limit, q.Get("enterprise"))
+		page, err := n.fsm.Feed(fq)
+		if errors.Is(err, fsm.ErrFeedTrimmed) {
+			writeJSON(w, http.StatusGone, map[string]any{
+				"error":   fmt.Sprintf("sequence %d is older than the retained change feed (oldest %d, dropped up to %d): resynchronise from GET /v1/cards?enterprise=ID, then continue with after_index=<its applied_index>", after, page.Oldest, page.Trimmed),
+				"code":    "resync_required",
+				"oldest":  page.Oldest,
+				"trimmed": page.Trimmed,
+			})
+			return
+		}
 		if err != nil {
 			writeFSMError(w, err)
 			return
 		}
-		if after > 0 && oldest > after+1 && len(changes) > 0 && changes[0].Seq > after {
-			writeJSON(w, http.StatusGone, map[string]any{
-				"error":  fmt.Sprintf("sequence %d is older than the retained change feed (oldest %d): resynchronise from GET /v1/cards?enterprise=ID", after, oldest),
-				"code":   "resync_required",
-				"oldest": oldest,
-			})
-			return
-		}
-		if len(changes) > 0 || time.Now().After(deadline) {
+		if len(page.Changes) > 0 || ctx.Err() != nil {
 			last := after
-			if len(changes) > 0 {
-				last = changes[len(changes)-1].Seq
+			if len(page.Changes) > 0 {
+				last = page.Changes[len(page.Changes)-1].Seq
 			}
-			writeJSON(w, http.StatusOK, map[string]any{"changes": changes, "last": last, "oldest": oldest})
+			if page.Changes == nil {
+				page.Changes = []fsm.Change{}
+			}
+			writeJSON(w, http.StatusOK, map[string]any{"changes": page.Changes, "last": last, "next": page.Next,
+				"oldest": page.Oldest, "applied_index": page.AppliedIndex})
 			return
 		}
-		select {
-		case <-r.Context().Done():
+		// Nothing yet: continue from where this read stopped once something is applied.
+		fq.After = page.Next
+		if _, err := n.fsm.WaitApplied(ctx, page.AppliedIndex); err != nil && r.Context().Err() != nil {
 			return
-		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }

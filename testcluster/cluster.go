@@ -18,6 +18,7 @@ import (
 	"cardsync/membership"
 	"cardsync/node"
 	"cardsync/syncer"
+	"cardsync/webhook"
 )
 
 // Options configures a test cluster.
@@ -45,6 +46,11 @@ type Options struct {
 	// Sync and Node adjust each member's configuration.
 	Sync func(*syncer.Config)
 	Node func(i int, c *node.Config)
+	// ChangeEvery sets how fast the simulator's card data drifts (0: the simulator's
+	// default).
+	ChangeEvery time.Duration
+	// Webhook adjusts each member's webhook deliverer configuration.
+	Webhook func(*webhook.Config)
 	// Logger receives every member's logs (default: discarded, or stderr when the
 	// environment variable CARDSYNC_TEST_LOG is set).
 	Logger hclog.Logger
@@ -137,6 +143,9 @@ func New(t testing.TB, opts Options) *Cluster {
 		scfg := sim.DefaultConfig()
 		scfg.Seed = 7
 		scfg.Accounts = specs
+		if opts.ChangeEvery > 0 {
+			scfg.ChangeEvery = opts.ChangeEvery
+		}
 		scfg.Logger = opts.Logger.Named("carriersim")
 		s, err := sim.New(scfg)
 		if err != nil {

@@ -19,6 +19,7 @@ import (
 	"cardsync/fsm"
 	"cardsync/node"
 	"cardsync/syncer"
+	"cardsync/webhook"
 )
 
 // Catalog is configuration that lives in the replicated state: carrier accounts (without
@@ -40,6 +41,8 @@ type Config struct {
 	// HTTPClient is used for carrier calls (default: a pooled client).
 	HTTPClient *http.Client
 	Logger     hclog.Logger
+	// Webhook configures the change-feed webhook deliverer (zero fields: defaults).
+	Webhook webhook.Config
 }
 
 // Agent is a running cardsync member.
@@ -47,11 +50,13 @@ type Agent struct {
 	Node     *node.Node
 	Syncer   *syncer.Syncer
 	Accounts map[string]*carrier.Account
+	Webhooks *webhook.Deliverer
 
 	logger      hclog.Logger
 	cancel      context.CancelFunc
 	syncDone    chan struct{}
 	catalogDone chan struct{}
+	webhookDone chan struct{}
 }
 
 // Start starts the node, the syncer and the catalog publisher.
@@ -88,6 +93,17 @@ func Start(cfg Config) (*Agent, error) {
 	}
 	a.Syncer = sy
 	n.Mux().HandleFunc("GET /v1/quota", a.handleQuota)
+	wc := cfg.Webhook
+	if wc.Logger == nil {
+		wc.Logger = cfg.Logger
+	}
+	wh, err := webhook.New(wc, n)
+	if err != nil {
+		_ = n.Kill()
+		return nil, err
+	}
+	a.Webhooks = wh
+	wh.Register(n.Mux())
 
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
@@ -100,6 +116,11 @@ func Start(cfg Config) (*Agent, error) {
 	go func() {
 		defer close(a.syncDone)
 		_ = sy.Run(ctx)
+	}()
+	a.webhookDone = make(chan struct{})
+	go func() {
+		defer close(a.webhookDone)
+		_ = wh.Run(ctx)
 	}()
 	return a, nil
 }
@@ -127,6 +148,7 @@ func (a *Agent) Stop() error {
 	a.cancel()
 	<-a.syncDone
 	<-a.catalogDone
+	<-a.webhookDone
 	return a.Node.Shutdown()
 }
 
@@ -137,6 +159,7 @@ func (a *Agent) Kill() error {
 	a.cancel()
 	<-a.syncDone
 	<-a.catalogDone
+	<-a.webhookDone
 	return err
 }
 
