@@ -232,6 +232,10 @@ func (c *Cluster) config(m *Member, join []string) agent.Config {
 		Catalog:  c.Catalog,
 		Logger:   c.opts.Logger.Named(m.Name),
 	}
+	cfg.Webhook = webhook.DefaultConfig()
+	if c.opts.Webhook != nil {
+		c.opts.Webhook(&cfg.Webhook)
+	}
 	if c.faults != nil {
 		c.faults.wire(m.Name, &cfg)
 	}
