@@ -282,15 +282,6 @@ func (f *Faults) pauseGate(name string) <-chan struct{} {
 	return f.paused[name]
 }
 
-// clearMember forgets a member's pause (it was killed or stopped).
-func (f *Faults) clearMember(name string) {
-	f.mu.Lock()
-	if ch, ok := f.paused[name]; ok {
-		close(ch)
-		delete(f.paused, name)
-	}
-	f.mu.Unlock()
-}
 
 // wire sets the fault hooks of one member's configuration: a gossip transport on a fresh
 // port, a Raft stream wrapper and a carrier HTTP client.
