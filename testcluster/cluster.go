@@ -250,6 +250,7 @@ func (c *Cluster) start(m *Member, join []string) error {
 	m.mu.Lock()
 	m.agent = a
 	m.mu.Unlock()
+	c.started(m)
 	return nil
 }
 
@@ -307,6 +308,7 @@ func (c *Cluster) Restart(m *Member) {
 	m.mu.Lock()
 	m.agent = a
 	m.mu.Unlock()
+	c.started(m)
 }
 
 // Add starts a new member that joins the running ones.
@@ -327,6 +329,7 @@ func (c *Cluster) Add() *Member {
 	m.mu.Lock()
 	m.agent = a
 	m.mu.Unlock()
+	c.started(m)
 	return m
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"cardsync/carrier/sim"
 	"cardsync/internal/agent"
+	"cardsync/testcluster/check"
 )
 
 // Fault kinds counted by Faults.Counts.
@@ -58,6 +59,9 @@ type Faults struct {
 	paused  map[string]chan struct{} // closed on resume
 	counts  map[string]int
 	carrier map[string]bool // accounts with carrier faults in force
+
+	opsMu sync.Mutex
+	ops   []check.Op // proposals seen by the members' observers
 }
 
 func newFaults(c *Cluster) *Faults {

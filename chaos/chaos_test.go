@@ -1,0 +1,415 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"cardsync/carrier"
+	"cardsync/carrier/sim"
+	"cardsync/fsm"
+	"cardsync/node"
+	"cardsync/syncer"
+	"cardsync/testcluster"
+	"cardsync/testcluster/check"
+)
+
+// Timings the run uses; the convergence bound is derived from them (see DESIGN.md).
+const (
+	pollInterval    = 200 * time.Millisecond
+	lease           = 10 * time.Second
+	backoffMax      = 4 * time.Second
+	breakerOpen     = 3 * time.Second
+	dependencyRetry = 3 * time.Second
+	// settle covers failure detection (fast gossip profile: p99 1.9 s), a Raft election and
+	// the ring and voter reconciliation after the last restart.
+	settle      = 8 * time.Second
+	quotaSafety = 0.97
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func TestChaos(t *testing.T) {
+	seedStr := os.Getenv("CARDSYNC_CHAOS_SEED")
+	if seedStr == "" {
+		t.Skip("set CARDSYNC_CHAOS_SEED to run the chaos test")
+	}
+	seed, err := strconv.ParseUint(seedStr, 10, 64)
+	if err != nil {
+		t.Fatalf("CARDSYNC_CHAOS_SEED: %v", err)
+	}
+	nodes := envInt("CARDSYNC_CHAOS_NODES", 3)
+	runFor := time.Duration(envInt("CARDSYNC_CHAOS_SECONDS", 60)) * time.Second
+	rng := rand.New(rand.NewPCG(seed, 0xc4a05))
+
+	c := testcluster.New(t, testcluster.Options{
+		Nodes: nodes, Cards: 6000, QuotaScale: 1, Faults: true, BootstrapExpect: true,
+		Accounts: func(as []carrier.AccountConfig) {
+			for i := range as {
+				as[i].BackoffMax = backoffMax
+				as[i].BreakerOpen = breakerOpen
+			}
+		},
+		Sync: func(s *syncer.Config) {
+			s.PollInterval = pollInterval
+			s.Lease = lease
+			s.DependencyRetry = dependencyRetry
+			s.QuotaSafety = quotaSafety
+		},
+		Node: func(_ int, nc *node.Config) {
+			// Keep the whole log so that it can be replayed from index 1.
+			nc.SnapshotThreshold = 1 << 40
+			nc.SnapshotInterval = time.Hour
+			nc.MaxVoters = min(5, nodes-(1-nodes%2))
+		},
+	})
+	c.Sim.RecordCalls(true)
+	f := c.Faults()
+	c.WaitStable(60 * time.Second)
+	testcluster.WaitFor(t, 60*time.Second, "inventory imported", func() bool {
+		l := c.Leader()
+		if l == nil {
+			return false
+		}
+		n, err := l.Node().FSM().Counts()
+		return err == nil && n.Cards >= len(c.Catalog.Cards)
+	})
+	t.Logf("seed %d: %d nodes, %d cards, faults for %v", seed, nodes, len(c.Catalog.Cards), runFor)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	resyncs := 0
+	start := time.Now()
+	names := func(ms []*testcluster.Member) []string {
+		out := make([]string, len(ms))
+		for i, m := range ms {
+			out[i] = m.Name
+		}
+		return out
+	}
+	// At most a minority of members is faulty at a time (down, paused or cut off); carrier
+	// faults overlap freely.
+	minority := (nodes - 1) / 2
+	type nodeFault struct {
+		until time.Time
+		end   func()
+	}
+	var active []nodeFault
+	accounts := c.Sim.Accounts()
+	var carrierUntil time.Time
+	ents := c.Catalog.Enterprises
+	for time.Since(start) < runFor {
+		now := time.Now()
+		keep := active[:0]
+		for _, a := range active {
+			if now.After(a.until) {
+				a.end()
+			} else {
+				keep = append(keep, a)
+			}
+		}
+		active = keep
+		if !carrierUntil.IsZero() && now.After(carrierUntil) {
+			f.ClearCarrier()
+			carrierUntil = time.Time{}
+		}
+		// Keep a backlog: make an enterprise's cards due again now and then.
+		if rng.IntN(3) == 0 {
+			if m := c.Leader(); m != nil {
+				e := ents[rng.IntN(len(ents))].ID
+				rctx, rcancel := context.WithTimeout(ctx, 3*time.Second)
+				if _, err := m.Node().ProposeEncoded(rctx, fsm.TypeResync, fsm.Resync{Enterprise: e}); err == nil {
+					resyncs++
+				}
+				rcancel()
+			}
+		}
+		hold := time.Duration(2000+rng.IntN(6000)) * time.Millisecond
+		if len(active) < minority {
+			up := c.Up()
+			sort.Slice(up, func(i, j int) bool { return up[i].Index < up[j].Index })
+			victim := up[rng.IntN(len(up))]
+			others := names(up)
+			for i, n := range others {
+				if n == victim.Name {
+					others = append(others[:i:i], others[i+1:]...)
+					break
+				}
+			}
+			switch rng.IntN(7) {
+			case 0:
+				c.Kill(victim)
+				f.Count(testcluster.FaultKill)
+				t.Logf("fault: kill %s", victim.Name)
+				active = append(active, nodeFault{now.Add(hold), func() { restart(t, c, victim) }})
+			case 1:
+				c.Stop(victim)
+				f.Count(testcluster.FaultStop)
+				t.Logf("fault: stop %s", victim.Name)
+				active = append(active, nodeFault{now.Add(hold), func() { restart(t, c, victim) }})
+			case 2:
+				f.Pause(victim.Name)
+				active = append(active, nodeFault{now.Add(hold), func() { f.Resume(victim.Name) }})
+			case 3:
+				f.Partition([]string{victim.Name}, others)
+				active = append(active, nodeFault{now.Add(hold), f.HealNetwork})
+			case 4:
+				if rng.IntN(2) == 0 {
+					f.PartitionOneWay([]string{victim.Name}, others)
+				} else {
+					f.PartitionOneWay(others, []string{victim.Name})
+				}
+				active = append(active, nodeFault{now.Add(hold), f.HealNetwork})
+			case 5:
+				f.Slow([]string{victim.Name}, others, time.Duration(20+rng.IntN(180))*time.Millisecond)
+				active = append(active, nodeFault{now.Add(hold), f.HealNetwork})
+			case 6:
+				// Leader pause: the zombie most likely to hold claims and leadership.
+				if l := c.Leader(); l != nil {
+					victim = l
+				}
+				f.Pause(victim.Name)
+				active = append(active, nodeFault{now.Add(hold), func() { f.Resume(victim.Name) }})
+			}
+		}
+		if carrierUntil.IsZero() && rng.IntN(2) == 0 {
+			acct := accounts[rng.IntN(len(accounts))].ID
+			carrierUntil = now.Add(time.Duration(1000+rng.IntN(4000)) * time.Millisecond)
+			var err error
+			switch rng.IntN(4) {
+			case 0:
+				kinds := []string{sim.FaultRateLimited, sim.FaultAuthExpired, sim.FaultTransient5xx, sim.FaultHTMLBody, sim.FaultTruncatedBody, sim.FaultTimeout}
+				rates := map[string]float64{}
+				for _, k := range kinds {
+					if rng.IntN(2) == 0 {
+						rates[k] = 0.05 + rng.Float64()*0.1
+					}
+				}
+				rates[sim.FaultNotFound] = rng.Float64() * 0.05
+				err = f.CarrierFaults(acct, sim.Faults{Rates: rates})
+			case 1:
+				d := time.Duration(50+rng.IntN(400)) * time.Millisecond
+				err = f.CarrierFaults(acct, sim.Faults{LatencyMin: sim.Duration(d / 2), LatencyMax: sim.Duration(d)})
+			case 2:
+				err = f.CarrierFaults(acct, sim.Faults{Outage: true})
+			case 3:
+				err = f.ExpireTokens(acct)
+			}
+			if err != nil {
+				t.Fatalf("carrier fault: %v", err)
+			}
+		}
+		select {
+		case <-time.After(time.Duration(1000+rng.IntN(2000)) * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
+
+	// Stop the faults: heal, resume, restart whatever is down.
+	for _, a := range active {
+		a.end()
+	}
+	f.HealAll()
+	for _, m := range c.Members {
+		if !m.Up() {
+			restart(t, c, m)
+		}
+	}
+	stopped := time.Now()
+	bound := convergenceBound(t, c, stopped)
+	t.Logf("faults stopped after %v; convergence bound %v", stopped.Sub(start).Round(time.Second), bound)
+
+	// Wait for convergence (or the bound to pass), then for the replicas to agree.
+	deadline := stopped.Add(bound + 2*time.Second)
+	var cards []fsm.Card
+	for {
+		cards = allCards(c)
+		if cards != nil && len(check.Converged(cards, stopped, bound, time.Now().Add(bound))) == 0 && allSyncedSince(cards, stopped) {
+			break
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	checkedAt := time.Now()
+	cards = allCards(c)
+	converged := time.Since(stopped)
+	var digests []check.Digest
+	testcluster.Eventually(30*time.Second, func() bool {
+		digests = c.Digests()
+		if len(digests) < len(c.Members) {
+			return false
+		}
+		for _, d := range digests[1:] {
+			if d.Index != digests[0].Index {
+				return false
+			}
+		}
+		return true
+	})
+	finals := c.ShardViews()
+	stats := c.Sim.Stats()
+	calls := c.Sim.Calls()
+	ops := c.Ops()
+
+	// Stop everything and replay the longest committed log.
+	for _, m := range c.Members {
+		c.Kill(m)
+	}
+	var logs []*rlog
+	for _, m := range c.Members {
+		l, err := c.CommittedLog(m)
+		if err != nil {
+			t.Fatalf("read log: %v", err)
+		}
+		logs = append(logs, &rlog{m.Name, l})
+	}
+	sort.Slice(logs, func(i, j int) bool { return len(logs[i].logs) > len(logs[j].logs) })
+	rep, err := check.Replay(logs[0].logs, t.TempDir())
+	if err != nil {
+		t.Fatalf("replay %s's log: %v", logs[0].name, err)
+	}
+	digests = append(digests, check.Digest{Node: "replay", Index: rep.Index, Sum: rep.Digest})
+
+	quotas := map[string]check.Quota{}
+	for _, a := range accounts {
+		quotas[a.ID] = check.Quota{RatePerSec: a.RatePerSec, Burst: a.Burst, MaxConcurrent: a.MaxConcurrent}
+	}
+	h := check.History{Ops: ops, Replayed: rep, Finals: finals, Calls: calls, Stats: stats, Quotas: quotas,
+		Digests: digests, Cards: cards, FaultsStopped: stopped, Bound: bound}
+	report := check.Run(h, 60*time.Second)
+	// Run judges convergence at the bound; judge it at the moment the cards were read.
+	var vs []check.Violation
+	for _, v := range report.Violations {
+		if v.Check != check.CheckConvergence {
+			vs = append(vs, v)
+		}
+	}
+	vs = append(vs, check.Converged(cards, stopped, bound, checkedAt)...)
+	report.Violations = vs
+
+	var synced, fetched, callsN uint64
+	for _, card := range cards {
+		synced += card.SyncCount
+	}
+	for _, a := range stats.Accounts {
+		fetched += a.CardsFetched
+		callsN += a.Calls
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "chaos seed %d: %d nodes, %v of faults, converged %v after (bound %v)\n", seed, nodes, runFor, converged.Round(100*time.Millisecond), bound)
+	fmt.Fprintf(&b, "  faults injected: %s\n", formatCounts(f.Counts()))
+	fmt.Fprintf(&b, "  work: %d cards, %d card syncs recorded, %d resyncs, %d carrier calls, %d card records fetched\n", len(cards), synced, resyncs, callsN, fetched)
+	fmt.Fprintf(&b, "  history: %d proposals, %d committed entries (last index %d), %d logged carrier calls, %d digests\n", len(ops), len(rep.Entries), rep.Index, len(calls), len(digests))
+	b.WriteString(strings.Replace(reportString(report), "\n  violations:", "\n  violations:", 1))
+	t.Log("\n" + b.String())
+	if len(report.Violations) > 0 {
+		t.Errorf("%d invariant violations", len(report.Violations))
+	}
+}
+
+type rlog struct {
+	name string
+	logs []*raft.Log
+}
+
+func reportString(r check.Report) string { return r.String() }
+
+func formatCounts(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	total := 0
+	for k, v := range m {
+		keys = append(keys, k)
+		total += v
+	}
+	sort.Strings(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+	}
+	return fmt.Sprintf("%d (%s)", total, strings.Join(parts, ", "))
+}
+
+func restart(t *testing.T, c *testcluster.Cluster, m *testcluster.Member) {
+	if m.Up() {
+		return
+	}
+	c.Restart(m)
+	c.Faults().Count(testcluster.FaultRestart)
+	t.Logf("fault: restart %s", m.Name)
+}
+
+func allCards(c *testcluster.Cluster) []fsm.Card {
+	l := c.Leader()
+	if l == nil {
+		return nil
+	}
+	var out []fsm.Card
+	after := ""
+	for {
+		page, next, err := l.Node().FSM().Cards(fsm.CardFilter{After: after, Limit: fsm.MaxPage})
+		if err != nil {
+			return nil
+		}
+		out = append(out, page...)
+		if next == "" || len(page) == 0 {
+			return out
+		}
+		after = next
+	}
+}
+
+// allSyncedSince reports whether every card due at the stop has been synced since.
+func allSyncedSince(cards []fsm.Card, stopped time.Time) bool {
+	for _, c := range cards {
+		if !c.SyncedAt.After(stopped) && !c.ValidUntil.After(stopped) {
+			return false
+		}
+	}
+	return true
+}
+
+// convergenceBound derives how long the cluster may take, once faults stop, to sync
+// every card due then: the settle time (failure detection, election, ring), a lease (a
+// claim whose owner died unnoticed runs out), the longest carrier backoff and breaker
+// pause, the retry delay of deferred shards, two poll intervals, and the backlog divided
+// by the quota: per account, the calls its due cards need (batch size per call) at the
+// account's rate times the quota safety factor; accounts run in parallel, so the largest
+// counts.
+func convergenceBound(t *testing.T, c *testcluster.Cluster, stopped time.Time) time.Duration {
+	cards := allCards(c)
+	for cards == nil && time.Since(stopped) < 10*time.Second {
+		time.Sleep(100 * time.Millisecond)
+		cards = allCards(c)
+	}
+	due := map[string]int{}
+	for _, card := range cards {
+		if !card.ValidUntil.After(stopped) {
+			due[card.Account]++
+		}
+	}
+	var backlog time.Duration
+	for _, a := range c.Sim.Accounts() {
+		batch := max(1, carrier.DefaultBatchSize(a.Carrier))
+		calls := math.Ceil(float64(due[a.ID]) / float64(batch))
+		d := time.Duration(calls / (a.RatePerSec * quotaSafety) * float64(time.Second))
+		t.Logf("bound: account %s: %d due cards, %.0f calls at %.1f/s = %v", a.ID, due[a.ID], calls, a.RatePerSec*quotaSafety, d.Round(time.Millisecond))
+		backlog = max(backlog, d)
+	}
+	return settle + lease + backoffMax + breakerOpen + dependencyRetry + 2*pollInterval + backlog
+}
