@@ -286,7 +286,6 @@ func (f *Faults) pauseGate(name string) <-chan struct{} {
 	return f.paused[name]
 }
 
-
 // wire sets the fault hooks of one member's configuration: a gossip transport on a fresh
 // port, a Raft stream wrapper and a carrier HTTP client.
 func (f *Faults) wire(name string, cfg *agent.Config) {
