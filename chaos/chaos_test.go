@@ -262,6 +262,9 @@ func TestChaos(t *testing.T) {
 		}
 		return true
 	})
+	if late := check.Converged(cards, stopped, bound, checkedAt); len(late) > 0 {
+		diagnose(t, c, cards, stopped)
+	}
 	finals := c.ShardViews()
 	stats := c.Sim.Stats()
 	calls := c.Sim.Calls()
@@ -412,4 +415,32 @@ func convergenceBound(t *testing.T, c *testcluster.Cluster, stopped time.Time) t
 		backlog = max(backlog, d)
 	}
 	return settle + lease + backoffMax + breakerOpen + dependencyRetry + 2*pollInterval + backlog
+}
+
+// diagnose logs, for the shards holding cards still unsynced, what every member thinks of
+// them, and every member's quota shares.
+func diagnose(t *testing.T, c *testcluster.Cluster, cards []fsm.Card, stopped time.Time) {
+	late := map[string]int{}
+	for _, card := range cards {
+		if !card.SyncedAt.After(stopped) && !card.ValidUntil.After(stopped) {
+			late[card.Shard]++
+		}
+	}
+	for _, m := range c.Up() {
+		n := m.Node()
+		views, err := n.ShardViews(fsm.ShardFilter{}, "", time.Now())
+		if err != nil {
+			continue
+		}
+		for _, v := range views {
+			if late[v.ID] > 0 {
+				t.Logf("diagnose %s: shard %s (%d late cards): owner %q epoch %d lease %s task %d %s cursor %s next %s running %v due %v ring owner %s reason %q",
+					m.Name, v.ID, late[v.ID], v.Owner, v.Epoch, v.LeaseUntil.Format("15:04:05.000"), v.Checkpoint.TaskID, v.Checkpoint.State,
+					v.Checkpoint.Cursor, v.Checkpoint.NextRunAt.Format("15:04:05.000"), v.Running, v.Due, v.RingOwner, v.Reason)
+			}
+		}
+		if a := m.Agent(); a != nil {
+			t.Logf("diagnose %s: shares %+v running %v", m.Name, a.Syncer.Shares(), a.Syncer.Running())
+		}
+	}
 }
