@@ -248,9 +248,13 @@ func TestChaos(t *testing.T) {
 	}
 	checkedAt := time.Now()
 	cards = allCards(c)
+	if cards == nil {
+		t.Errorf("no leader to read the cards from %v after the faults stopped", time.Since(stopped).Round(time.Second))
+		testcluster.Eventually(60*time.Second, func() bool { cards = allCards(c); return cards != nil })
+	}
 	converged := time.Since(stopped)
 	var digests []check.Digest
-	testcluster.Eventually(30*time.Second, func() bool {
+	caughtUp := testcluster.Eventually(60*time.Second, func() bool {
 		digests = c.Digests()
 		if len(digests) < len(c.Members) {
 			return false
@@ -264,6 +268,9 @@ func TestChaos(t *testing.T) {
 	})
 	if late := check.Converged(cards, stopped, bound, checkedAt); len(late) > 0 {
 		diagnose(t, c, cards, stopped)
+	}
+	if !caughtUp {
+		t.Errorf("replicas still at different applied indexes a minute after convergence: %+v", digests)
 	}
 	finals := c.ShardViews()
 	stats := c.Sim.Stats()

@@ -333,12 +333,15 @@ func (r Report) String() string {
 		fmt.Fprintf(&b, "  %-24s violations: %d  (%s)\n", n, count[n], r.Checked[n])
 	}
 	fmt.Fprintf(&b, "  violations: %d\n", len(r.Violations))
-	for i, v := range r.Violations {
-		if i == 40 {
-			fmt.Fprintf(&b, "  ... %d more\n", len(r.Violations)-i)
-			break
+	shown := map[string]int{}
+	for _, v := range r.Violations {
+		shown[v.Check]++
+		switch {
+		case shown[v.Check] <= 8:
+			fmt.Fprintf(&b, "  - %s\n", v)
+		case shown[v.Check] == 9:
+			fmt.Fprintf(&b, "  - %s: ... %d more\n", v.Check, count[v.Check]-8)
 		}
-		fmt.Fprintf(&b, "  - %s\n", v)
 	}
 	return b.String()
 }
