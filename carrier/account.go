@@ -3,6 +3,7 @@ package carrier
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"strings"
@@ -187,13 +188,84 @@ func (a *Account) release() {
 	a.mu.Unlock()
 }
 
-// gate waits for one limiter token before each HTTP data call.
+// CallsPerQuery is how many rate-limited HTTP calls one Query of a batch costs with each
+// carrier's adapter.
+func CallsPerQuery(carrierName string) int {
+	if carrierName == Unicom {
+		return 1
+	}
+	return 2
+}
+
+// reservedKey carries a Query's pre-reserved limiter tokens to its HTTP calls.
+type reservedKey struct{}
+
+type reservedTokens struct {
+	mu    sync.Mutex
+	start time.Time
+	rs    []*rate.Reservation
+}
+
+// reserve takes the limiter tokens of a whole Query up front, so a Query never stops
+// between its calls (a share that drops to zero mid-query would otherwise waste the
+// first call), and refuses at once when the tokens would come after ctx's deadline.
+func (a *Account) reserve(ctx context.Context, n int) (*reservedTokens, error) {
+	now := time.Now()
+	rt := &reservedTokens{start: now}
+	for i := 0; i < n; i++ {
+		r := a.limiter.ReserveN(now, 1)
+		if !r.OK() {
+			rt.cancel()
+			return nil, &Error{Carrier: a.cfg.Carrier, Account: a.cfg.ID, Kind: KindRateLimited, Code: "local_quota", Message: "no quota share on this node", RetryAfter: time.Second}
+		}
+		rt.rs = append(rt.rs, r)
+	}
+	if dl, ok := ctx.Deadline(); ok && len(rt.rs) > 0 && now.Add(rt.rs[len(rt.rs)-1].DelayFrom(now)).After(dl) {
+		wait := rt.rs[len(rt.rs)-1].DelayFrom(now)
+		rt.cancel()
+		return nil, &Error{Carrier: a.cfg.Carrier, Account: a.cfg.ID, Kind: KindRateLimited, Code: "local_quota",
+			Message: fmt.Sprintf("this node's quota share needs %v before the call, past the deadline", wait.Round(time.Millisecond)), RetryAfter: wait}
+	}
+	return rt, nil
+}
+
+func (rt *reservedTokens) cancel() {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	for _, r := range rt.rs {
+		r.CancelAt(rt.start)
+	}
+	rt.rs = nil
+}
+
+func (rt *reservedTokens) next() (*rate.Reservation, bool) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if len(rt.rs) == 0 {
+		return nil, false
+	}
+	r := rt.rs[0]
+	rt.rs = rt.rs[1:]
+	return r, true
+}
+
+// gate waits for one limiter token before each HTTP data call: a token the Query
+// reserved up front, or a fresh one.
 func (a *Account) gate(ctx context.Context) error {
 	a.httpCalls.Add(1)
+	if rt, ok := ctx.Value(reservedKey{}).(*reservedTokens); ok {
+		if r, ok := rt.next(); ok {
+			return a.waitReservation(ctx, r)
+		}
+	}
 	r := a.limiter.Reserve()
 	if !r.OK() {
 		return &Error{Carrier: a.cfg.Carrier, Account: a.cfg.ID, Kind: KindTransient, Message: "limiter refused the call"}
 	}
+	return a.waitReservation(ctx, r)
+}
+
+func (a *Account) waitReservation(ctx context.Context, r *rate.Reservation) error {
 	d := r.Delay()
 	if d == 0 {
 		return nil
@@ -223,6 +295,16 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 		return nil, err
 	}
 	defer a.release()
+	calls := CallsPerQuery(a.cfg.Carrier)
+	if a.client.BatchSize() == 1 {
+		calls *= max(1, len(iccids))
+	}
+	rt, err := a.reserve(ctx, calls)
+	if err != nil {
+		return nil, err
+	}
+	defer rt.cancel()
+	ctx = context.WithValue(ctx, reservedKey{}, rt)
 	a.calls.Add(1)
 	res, err := a.breaker.Execute(func() ([]Result, error) {
 		res, err := a.client.Query(ctx, iccids)

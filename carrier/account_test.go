@@ -41,7 +41,14 @@ func TestAccountStaysUnderQuota(t *testing.T) {
 			defer wg.Done()
 			batch := good[i*10 : i*10+40]
 			for ctx.Err() == nil {
-				if _, err := acct.Query(ctx, batch); err != nil && ctx.Err() == nil {
+				_, err := acct.Query(ctx, batch)
+				var ce *carrier.Error
+				if errors.As(err, &ce) && ce.Code == "local_quota" {
+					// The tokens this query needs come after the run's deadline: the
+					// account refuses before calling, as it should.
+					break
+				}
+				if err != nil && ctx.Err() == nil {
 					failures.Add(1)
 				}
 			}

@@ -175,6 +175,9 @@ func (n *Node) ShardViews(filter fsm.ShardFilter, reason string, now time.Time) 
 			v.Reason = "running on " + s.Owner
 		case !v.Due:
 			v.Reason = "idle until " + s.Checkpoint.NextRunAt.UTC().Format(time.RFC3339)
+			if s.Checkpoint.Reason != "" {
+				v.Reason += ": " + s.Checkpoint.Reason
+			}
 		case maint:
 			v.Reason = "maintenance"
 		case busy[s.Group] != "" && busy[s.Group] != s.ID:

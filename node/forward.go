@@ -109,6 +109,7 @@ func (f *forwarder) verify(r *http.Request, body []byte) error {
 
 type proposeReply struct {
 	Result *fsm.Result `json:"result,omitempty"`
+	Index  uint64      `json:"index,omitempty"`
 	Code   string      `json:"code,omitempty"`
 	Error  string      `json:"error,omitempty"`
 }
@@ -129,7 +130,15 @@ func (n *Node) leaderHTTPAddr() (string, error) {
 	return "", fmt.Errorf("%w: leader %s has no known HTTP address", ErrNoLeader, id)
 }
 
-func (n *Node) forward(ctx context.Context, cmd []byte) (*fsm.Result, error) {
+func (n *Node) forward(ctx context.Context, cmd []byte) (*fsm.Result, uint64, error) {
+	res, err := n.forwardOnce(ctx, cmd)
+	if err != nil {
+		return nil, 0, err
+	}
+	return res.Result, res.Index, nil
+}
+
+func (n *Node) forwardOnce(ctx context.Context, cmd []byte) (*proposeReply, error) {
 	addr, err := n.leaderHTTPAddr()
 	if err != nil {
 		return nil, err
@@ -158,7 +167,7 @@ func (n *Node) forward(ctx context.Context, cmd []byte) (*fsm.Result, error) {
 		if rep.Result == nil {
 			rep.Result = &fsm.Result{}
 		}
-		return rep.Result, nil
+		return &rep, nil
 	}
 	return nil, errorFromCode(rep.Code, rep.Error)
 }
@@ -221,12 +230,12 @@ func (n *Node) handlePropose(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, proposeReply{Code: errorCode(err), Error: err.Error()})
 		return
 	}
-	res, err := n.applyLocal(r.Context(), body)
+	res, index, err := n.applyLocal(r.Context(), body)
 	if err != nil {
-		writeJSON(w, http.StatusOK, proposeReply{Code: errorCode(err), Error: err.Error()})
+		writeJSON(w, http.StatusOK, proposeReply{Code: errorCode(err), Error: err.Error(), Index: index})
 		return
 	}
-	writeJSON(w, http.StatusOK, proposeReply{Result: res})
+	writeJSON(w, http.StatusOK, proposeReply{Result: res, Index: index})
 }
 
 func (n *Node) handlePeers(w http.ResponseWriter, r *http.Request) {

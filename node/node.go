@@ -328,13 +328,20 @@ func (n *Node) Propose(ctx context.Context, cmd []byte) (res *fsm.Result, err er
 			}
 		}
 		var res *fsm.Result
+		var index uint64
 		var err error
 		if n.raft.State() == raft.Leader {
-			res, err = n.applyLocal(ctx, cmd)
+			res, index, err = n.applyLocal(ctx, cmd)
 		} else {
-			res, err = n.forward(ctx, cmd)
+			res, index, err = n.forward(ctx, cmd)
 		}
-		if err == nil || !retryable(err) {
+		if err == nil {
+			// Read your writes: callers read the local replica next, so wait until it has
+			// applied the entry (a follower trails the leader by a heartbeat at most).
+			n.waitApplied(ctx, index)
+			return res, nil
+		}
+		if !retryable(err) {
 			return res, err
 		}
 		lastErr = err
@@ -347,35 +354,54 @@ func retryable(err error) bool {
 		errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, errLeaderUnreachable)
 }
 
-func (n *Node) applyLocal(ctx context.Context, cmd []byte) (*fsm.Result, error) {
+// waitApplied waits (bounded) until the local FSM has applied index.
+func (n *Node) waitApplied(ctx context.Context, index uint64) {
+	if index == 0 || n.fsm.AppliedIndex() >= index {
+		return
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for n.fsm.AppliedIndex() < index && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.ctx.Done():
+			return
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// applyLocal applies a command on the leader and returns the FSM's result and the log
+// index of the entry.
+func (n *Node) applyLocal(ctx context.Context, cmd []byte) (*fsm.Result, uint64, error) {
 	stamped := make([]byte, len(cmd))
 	copy(stamped, cmd)
 	if err := fsm.Stamp(stamped, time.Now()); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	timeout := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 		if timeout <= 0 {
-			return nil, context.DeadlineExceeded
+			return nil, 0, context.DeadlineExceeded
 		}
 	}
 	f := n.raft.Apply(stamped, timeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrLeadershipLost) {
-			return nil, fmt.Errorf("outcome unknown: %w", err)
+			return nil, 0, fmt.Errorf("outcome unknown: %w", err)
 		}
-		return nil, err
+		return nil, 0, err
 	}
 	switch r := f.Response().(type) {
 	case error:
-		return nil, r
+		return nil, f.Index(), r
 	case *fsm.Result:
-		return r, nil
+		return r, f.Index(), nil
 	case nil:
-		return &fsm.Result{}, nil
+		return &fsm.Result{}, f.Index(), nil
 	default:
-		return nil, fmt.Errorf("unexpected fsm response %T", r)
+		return nil, f.Index(), fmt.Errorf("unexpected fsm response %T", r)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -61,6 +62,7 @@ type Syncer struct {
 	workers map[string]*worker // shard id -> running worker
 	backoff map[string]backoffState
 	shares  map[string]Share
+	history map[string][]timedShare // shares computed during the last grace period
 	wg      sync.WaitGroup
 	wake    chan struct{}
 }
@@ -93,9 +95,14 @@ func New(cfg Config, prop Proposer, state State, cluster Cluster, accounts map[s
 	s := &Syncer{
 		cfg: cfg, log: cfg.Logger.Named("syncer"), prop: prop, state: state, cluster: cluster,
 		accounts: accounts, workers: map[string]*worker{}, backoff: map[string]backoffState{},
-		shares: map[string]Share{}, wake: make(chan struct{}, 1),
+		shares: map[string]Share{}, history: map[string][]timedShare{}, wake: make(chan struct{}, 1),
 	}
 	s.m = newMetrics(cfg.Registry)
+	// A starting node has no share until a grace period has passed: the others may still
+	// be using what it is about to get.
+	for id := range accounts {
+		s.history[id] = []timedShare{{at: cfg.Now(), share: Share{Account: id}}}
+	}
 	return s, nil
 }
 
@@ -237,7 +244,7 @@ func (s *Syncer) poll(ctx context.Context) {
 		if g, busy := liveGroup[sh.Group]; busy && g != sh.ID {
 			continue // groups run serially
 		}
-		if s.allBackedOff(sh, ents, start) {
+		if s.allBackedOff(sh, ents, start) || !s.anyAccountHere(sh, ents) {
 			continue
 		}
 		cmd, err := fsm.Encode(fsm.TypeClaim, fsm.Claim{Shard: sh.ID, Node: me, Epoch: sh.Epoch, Lease: s.cfg.Lease})
@@ -294,6 +301,19 @@ func (s *Syncer) allBackedOff(sh fsm.ShardState, ents map[string]fsm.Enterprise,
 	return any
 }
 
+// anyAccountHere reports whether this node has a client for at least one account the
+// shard's cards use; a shard whose accounts have no credentials here is left to others.
+func (s *Syncer) anyAccountHere(sh fsm.ShardState, ents map[string]fsm.Enterprise) bool {
+	for _, eid := range sh.Enterprises {
+		for _, a := range ents[eid].Accounts {
+			if _, ok := s.accounts[a]; ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func (s *Syncer) setBackoff(account string, d time.Duration, reason string) time.Time {
 	until := s.cfg.Now().Add(d)
 	s.mu.Lock()
@@ -331,7 +351,10 @@ func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string,
 	weight := map[string]map[string]float64{} // account -> owner -> due cards
 	for _, sh := range shards {
 		owner := owners[sh.ID]
-		if owner == "" || !due(sh, now) || len(sh.Enterprises) == 0 {
+		// A shard whose cards wait for a quota share still wants that share: counting it
+		// keeps the split stable instead of flapping with every retry.
+		wants := due(sh, now) || strings.Contains(sh.Checkpoint.Reason, quotaPrefix)
+		if owner == "" || !wants || len(sh.Enterprises) == 0 {
 			continue
 		}
 		per := float64(sh.Cards) / float64(len(sh.Enterprises))
@@ -386,15 +409,56 @@ func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string,
 		if sh.RatePerSec == 0 {
 			sh.Concurrency = 0
 		}
-		next[id] = sh
-		if old, ok := s.shares[id]; !ok || old != sh {
-			acct.SetShare(sh.RatePerSec, sh.Burst, sh.Concurrency)
-			s.m.shareRate.WithLabelValues(id).Set(sh.RatePerSec)
+		next[id] = s.phaseShare(id, sh, now)
+		if old, ok := s.shares[id]; !ok || old != next[id] {
+			acct.SetShare(next[id].RatePerSec, next[id].Burst, next[id].Concurrency)
+			s.m.shareRate.WithLabelValues(id).Set(next[id].RatePerSec)
 		}
 	}
 	s.mu.Lock()
 	s.shares = next
 	s.mu.Unlock()
+}
+
+// phaseShare applies share changes safely across nodes that recompute at different
+// moments: the share in force is the smallest one computed during the last grace
+// period. A decrease takes effect at once; an increase only once it has held for the
+// whole grace period, by which time every other node has recomputed and given up what
+// this node gains. So the nodes' shares never add up to more than the account's quota,
+// nor its concurrency, and a steadily growing share still follows with a delay.
+func (s *Syncer) phaseShare(id string, target Share, now time.Time) Share {
+	hist := append(s.history[id], timedShare{at: now, share: target})
+	cut := now.Add(-s.shareGrace())
+	first := 0
+	for first < len(hist)-1 && hist[first+1].at.Before(cut) {
+		first++
+	}
+	if first > 0 && hist[first].at.Before(cut) {
+		// hist[first] is the share in force at the start of the window: keep it.
+		hist = hist[first:]
+	}
+	s.history[id] = hist
+	out := target
+	for _, h := range hist {
+		out.RatePerSec = min(out.RatePerSec, h.share.RatePerSec)
+		out.Burst = min(out.Burst, h.share.Burst)
+		out.Concurrency = min(out.Concurrency, h.share.Concurrency)
+	}
+	if out.RatePerSec <= 0 || out.Concurrency <= 0 {
+		out.RatePerSec, out.Burst, out.Concurrency = 0, 0, 0
+	}
+	return out
+}
+
+// shareGrace is how long a share increase waits: two poll intervals (every node has
+// recomputed its own share by then) plus time for in-flight calls to end.
+func (s *Syncer) shareGrace() time.Duration {
+	return 2*s.cfg.PollInterval + 250*time.Millisecond
+}
+
+type timedShare struct {
+	at    time.Time
+	share Share
 }
 
 // slotsFor splits concurrency slots between owners by largest remainder, ties broken by
@@ -458,6 +522,9 @@ func (s *Syncer) startWorker(ctx context.Context, shard string, epoch uint64) {
 }
 
 var errStopped = errors.New("worker stopped")
+
+// quotaPrefix starts the reason of cards deferred for lack of a quota share.
+const quotaPrefix = "quota:"
 
 type metrics struct {
 	claims      *prometheus.CounterVec

@@ -266,7 +266,7 @@ func (w *worker) usable(account string, now time.Time) string {
 	}
 	if s.cfg.ShareQuota {
 		if sh := s.share(account); sh.RatePerSec <= 0 || sh.Concurrency <= 0 {
-			return "quota: no share of account " + account + " on this node yet"
+			return quotaPrefix + " no share of account " + account + " on this node yet"
 		}
 	}
 	return ""
@@ -288,6 +288,7 @@ func (w *worker) query(ctx context.Context, b *batch) (ok bool, reason string, n
 	kind := carrier.KindOf(callErr)
 	s.m.calls.WithLabelValues(b.account, kind.String()).Inc()
 	if callErr != nil {
+		s.log.Info("carrier call failed", "shard", w.shard, "account", b.account, "cards", len(b.cards), "kind", kind.String(), "error", callErr)
 		switch {
 		case ctx.Err() != nil:
 			return false, "node shutting down", time.Time{}, nil
@@ -368,7 +369,7 @@ func (w *worker) deferredNextRun() time.Time {
 	}
 	retry := w.s.cfg.DependencyRetry
 	for _, why := range w.deferred {
-		if strings.HasPrefix(why, "quota:") {
+		if strings.HasPrefix(why, quotaPrefix) {
 			// A quota share moves as soon as another node's backlog of the account
 			// drains: look again soon.
 			retry = min(retry, 5*w.s.cfg.PollInterval)

@@ -75,4 +75,3 @@ func ScaleDevAccounts(specs []sim.AccountSpec, total int) {
 		specs[i].Cards = max(1, specs[i].Cards*total/sum)
 	}
 }
-

@@ -1,0 +1,219 @@
+package syncer_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"cardsync/carrier"
+	"cardsync/carrier/sim"
+	"cardsync/fsm"
+	"cardsync/syncer"
+	"cardsync/testcluster"
+)
+
+func fetchCounts(s *sim.Sim) map[string]uint32 {
+	out := map[string]uint32{}
+	for _, a := range s.Accounts() {
+		for k, v := range s.FetchCounts(a.ID) {
+			out[k] += v
+		}
+	}
+	return out
+}
+
+// When nothing fails, every card is fetched exactly once per validity window across a
+// 3-node cluster, no group runs two shards at once, and no account goes over its quota.
+func TestClusterSyncsEveryCardExactlyOncePerWindow(t *testing.T) {
+	c := testcluster.New(t, testcluster.Options{Nodes: 3, Cards: 3000})
+	gw := watchGroups(c)
+	waitAllSynced(t, c, 120*time.Second)
+	gw.check(t)
+	counts := fetchCounts(c.Sim)
+	n := c.WaitLeader(10 * time.Second).Node()
+	for _, card := range allCards(t, n) {
+		if card.ErrKind == carrier.KindNotFound.String() {
+			continue // the carrier answers "not found": nothing to fetch
+		}
+		if got := counts[card.ICCID]; got != 1 {
+			t.Errorf("card %s fetched %d times in one validity window", card.ICCID, got)
+		}
+		if card.SyncCount != 1 {
+			t.Errorf("card %s synced %d times", card.ICCID, card.SyncCount)
+		}
+	}
+	noQuotaViolations(t, c.Sim)
+}
+
+// A hard-killed owner's shards are taken over from the stored cursor: at most the
+// unflushed cards of each running shard are fetched again.
+func TestHardKillOwnerResumesFromCursor(t *testing.T) {
+	c := testcluster.New(t, testcluster.Options{Nodes: 3, Cards: 4000, QuotaScale: 1,
+		Sync: func(s *syncer.Config) { s.FlushEvery = 50 }})
+	c.WaitStable(30 * time.Second)
+	var victim *testcluster.Member
+	testcluster.WaitFor(t, 60*time.Second, "a member working shards with progress", func() bool {
+		for _, m := range c.Up() {
+			if m.Node().IsLeader() {
+				continue
+			}
+			owned, _ := m.Node().FSM().Shards(fsm.ShardFilter{Owner: m.Name})
+			for _, s := range owned {
+				if s.Checkpoint.Cursor != "" && s.Checkpoint.State == fsm.StateRunning {
+					victim = m
+					return true
+				}
+			}
+		}
+		return false
+	})
+	running := len(victim.Agent().Syncer.Running())
+	c.Kill(victim)
+	killedAt := time.Now()
+	leader := c.WaitLeader(20 * time.Second)
+	testcluster.WaitFor(t, 30*time.Second, "the victim's claims revoked", func() bool {
+		owned, _ := leader.Node().FSM().Shards(fsm.ShardFilter{Owner: victim.Name})
+		return len(owned) == 0
+	})
+	t.Logf("claims of the killed member revoked %v after the kill", time.Since(killedAt))
+	waitAllSynced(t, c, 180*time.Second)
+	refetched := 0
+	for _, v := range fetchCounts(c.Sim) {
+		if v > 1 {
+			refetched += int(v - 1)
+		}
+	}
+	// Each shard the victim was running can lose at most its unflushed cards: one flush
+	// interval's worth (FlushEvery cards plus the batch in flight).
+	bound := running * (50 + 100)
+	t.Logf("cards fetched twice: %d (bound %d for %d running shards)", refetched, bound, running)
+	if refetched > bound {
+		t.Fatalf("%d cards fetched twice, more than the unflushed bound %d", refetched, bound)
+	}
+	noQuotaViolations(t, c.Sim)
+}
+
+// A fenced owner (its epoch bumped by a forced release) stops at its next flush: the
+// FSM rejects its stale epoch and the shard is taken again from the stored cursor.
+func TestStaleOwnerFlushIsRejected(t *testing.T) {
+	c := testcluster.New(t, testcluster.Options{Nodes: 3, Cards: 3000, QuotaScale: 1})
+	c.WaitStable(30 * time.Second)
+	leader := c.WaitLeader(10 * time.Second).Node()
+	var victim fsm.ShardState
+	testcluster.WaitFor(t, 60*time.Second, "a running shard", func() bool {
+		shards, _ := leader.FSM().Shards(fsm.ShardFilter{})
+		for _, s := range shards {
+			if s.LiveClaim(time.Now()) && s.Checkpoint.Cursor != "" {
+				victim = s
+				return true
+			}
+		}
+		return false
+	})
+	ctx := testcluster.Ctx(t, 30*time.Second)
+	if _, err := leader.ProposeEncoded(ctx, fsm.TypeForceRelease, fsm.ForceRelease{Shard: victim.ID, Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	// The old owner's next flush (same epoch) is refused.
+	_, err := leader.ProposeEncoded(ctx, fsm.TypeFlush, fsm.Flush{Shard: victim.ID, Node: victim.Owner, Epoch: victim.Epoch,
+		TaskID: victim.Checkpoint.TaskID, Cursor: victim.Checkpoint.Cursor, Lease: time.Minute})
+	if !errors.Is(err, fsm.ErrStaleEpoch) && !errors.Is(err, fsm.ErrNotOwner) {
+		t.Fatalf("flush with the fenced epoch: %v", err)
+	}
+	testcluster.WaitFor(t, 60*time.Second, "fenced shard finished by a later epoch", func() bool {
+		s, _ := leader.FSM().Shard(victim.ID)
+		return s.Checkpoint.State == fsm.StateDone && s.Epoch > victim.Epoch+1
+	})
+	s, _ := leader.FSM().Shard(victim.ID)
+	last := s.History[len(s.History)-1]
+	if last.Epoch <= victim.Epoch {
+		t.Fatalf("shard finished under epoch %d, not after the fence %d", last.Epoch, victim.Epoch)
+	}
+	noQuotaViolations(t, c.Sim)
+}
+
+// An account whose credentials the carrier rejects does not stop the other accounts.
+func TestBadCredentialsDoNotStopOtherAccounts(t *testing.T) {
+	const bad = "cucc-main"
+	c := testcluster.New(t, testcluster.Options{Nodes: 3, Cards: 2000, Accounts: func(cfgs []carrier.AccountConfig) {
+		for i := range cfgs {
+			if cfgs[i].ID == bad {
+				cfgs[i].Secret = "wrong-secret"
+			}
+		}
+	}})
+	testcluster.WaitFor(t, 120*time.Second, "every card of the good accounts synced", func() bool {
+		l := c.Leader()
+		if l == nil {
+			return false
+		}
+		cards := allCards(t, l.Node())
+		if len(cards) < len(c.Catalog.Cards) {
+			return false
+		}
+		for _, card := range cards {
+			if card.Account != bad && card.SyncedAt.IsZero() {
+				return false
+			}
+		}
+		return true
+	})
+	l := c.WaitLeader(10 * time.Second).Node()
+	acct, err := l.FSM().Account(bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if acct.CredentialsValid {
+		t.Fatalf("account %s still marked valid", bad)
+	}
+	for _, card := range allCards(t, l) {
+		if card.Account == bad && !card.SyncedAt.IsZero() {
+			t.Fatalf("card %s of the rejected account has data", card.ICCID)
+		}
+	}
+	views, _ := l.ShardViews(fsm.ShardFilter{}, "", time.Now())
+	found := false
+	for _, v := range views {
+		if strings.Contains(v.Reason, bad) {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("no shard says why the rejected account's cards wait")
+	}
+}
+
+// A member that joins takes over its share of the shards through planned handoff: the
+// old owners release at a batch boundary, so no card is fetched twice.
+func TestJoinHandsOffWithoutRefetch(t *testing.T) {
+	c := testcluster.New(t, testcluster.Options{Nodes: 2, Cards: 4000, QuotaScale: 1})
+	c.WaitStable(30 * time.Second)
+	testcluster.WaitFor(t, 60*time.Second, "work in progress", func() bool {
+		l := c.Leader()
+		return l != nil && unsynced(t, l.Node()) < len(c.Catalog.Cards)*3/4
+	})
+	joined := c.Add()
+	c.WaitStable(30 * time.Second)
+	waitAllSynced(t, c, 180*time.Second)
+	l := c.WaitLeader(10 * time.Second).Node()
+	ran := false
+	shards, _ := l.FSM().Shards(fsm.ShardFilter{})
+	for _, s := range shards {
+		full, _ := l.FSM().Shard(s.ID)
+		for _, r := range full.History {
+			if r.Owner == joined.Name {
+				ran = true
+			}
+		}
+	}
+	if !ran {
+		t.Error("the new member finished no round")
+	}
+	for iccid, v := range fetchCounts(c.Sim) {
+		if v > 1 {
+			t.Errorf("card %s fetched %d times across a planned handoff", iccid, v)
+		}
+	}
+	noQuotaViolations(t, c.Sim)
+}
