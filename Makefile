@@ -8,7 +8,7 @@ DEV_DIR     ?= .cardsync-dev
 # Packages whose code runs goroutines concurrently: run under the race detector.
 RACE_PKGS   := ./fsm/... ./membership/... ./node/... ./syncer/... ./carrier/...
 
-.PHONY: all build run test race lint vet staticcheck bench bench-quick fuzz clean
+.PHONY: all build run test race lint vet staticcheck bench bench-quick chaos fuzz clean
 
 all: build
 
@@ -37,12 +37,21 @@ staticcheck: $(STATICCHECK)
 
 lint: vet staticcheck
 
-## bench: benchmarks of record (see docs/benchmarks.md)
+## bench: benchmarks of record, written to docs/benchmarks.md and docs/benchmarks.json
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
+	bash bench/run.sh
 
+## bench-quick: every scenario at reduced size (a few minutes)
 bench-quick:
-	$(GO) test -run '^$$' -bench . -benchtime 1x -short -timeout 10m ./...
+	QUICK=1 bash bench/run.sh
+
+## chaos: fault injection with invariant checking, 10 seeds in a row (SEEDS="1 2" to choose)
+SEEDS ?= 1 2 3 4 5 6 7 8 9 10
+chaos:
+	@for s in $(SEEDS); do \
+	  echo "== chaos seed $$s"; \
+	  CARDSYNC_CHAOS_SEED=$$s $(GO) test -run TestChaos -count=1 -timeout 20m -v ./chaos || exit 1; \
+	done
 
 ## fuzz: run each fuzz target briefly (FUZZTIME=10m for a long run)
 FUZZTIME ?= 20s

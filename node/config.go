@@ -78,7 +78,7 @@ func DefaultConfig() Config {
 		DeadServerReapTimeout: 5 * time.Minute,
 		StabilizationTime:     3 * time.Second,
 		MaxVoters:             3,
-		RingVnodes:            256,
+		RingVnodes:            1024,
 		SnapshotThreshold:     8192,
 		SnapshotInterval:      30 * time.Second,
 	}
