@@ -93,7 +93,10 @@ func ParseImport(r io.Reader, format string) ([]fsm.CardImport, []int, error) {
 			add(line, c)
 		}
 		if err := sc.Err(); err != nil {
-			lineErrs = append(lineErrs, ImportLineError{Line: line + 1, Error: err.Error()})
+			if !errors.Is(err, bufio.ErrTooLong) {
+				return nil, nil, fmt.Errorf("read import: %w", err)
+			}
+			lineErrs = append(lineErrs, ImportLineError{Line: line + 1, Error: "line longer than 1 MiB"})
 		}
 	case "csv":
 		cr := csv.NewReader(br)
@@ -126,12 +129,12 @@ func ParseImport(r io.Reader, format string) ([]fsm.CardImport, []int, error) {
 				break
 			}
 			if err != nil {
-				lineErrs = append(lineErrs, ImportLineError{Line: line, Error: err.Error()})
 				var pe *csv.ParseError
-				if errors.As(err, &pe) {
-					continue
+				if !errors.As(err, &pe) {
+					return nil, nil, fmt.Errorf("read import: %w", err)
 				}
-				break
+				lineErrs = append(lineErrs, ImportLineError{Line: line, Error: err.Error()})
+				continue
 			}
 			add(line, fsm.CardImport{ICCID: get(rec, "iccid"), Enterprise: get(rec, "enterprise"), Account: get(rec, "account"),
 				MSISDN: get(rec, "msisdn"), IMSI: get(rec, "imsi"), IMEI: get(rec, "imei")})
@@ -224,7 +227,7 @@ func (n *Node) handleImport(w http.ResponseWriter, r *http.Request) {
 	}
 	cards, srcLines, err := ParseImport(r.Body, format)
 	var mbe *http.MaxBytesError
-	if errors.As(err, &mbe) || (err != nil && strings.Contains(err.Error(), "request body too large")) {
+	if errors.As(err, &mbe) {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("import body larger than %d bytes: split the file", MaxImportBytes))
 		return
 	}
