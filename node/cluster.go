@@ -156,7 +156,7 @@ func (n *Node) remotePeers(ctx context.Context, httpAddr string) (peersInfo, err
 	var p peersInfo
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+"/internal/v1/peers", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.forwarder.url(httpAddr, "/internal/v1/peers"), nil)
 	if err != nil {
 		return p, err
 	}

@@ -51,6 +51,16 @@ type Config struct {
 	ClusterSecret string
 	// GossipKey is an optional memberlist encryption key (16, 24 or 32 bytes).
 	GossipKey []byte
+	// AdminToken, when set, must be sent as "Authorization: Bearer <token>" with every
+	// mutating API request, and with every request when the API listens on a non-loopback
+	// address (health probes excepted).
+	AdminToken string
+	// TLSCertFile, TLSKeyFile and TLSCAFile (PEM; all three or none) turn on TLS for the
+	// Raft transport (mutually authenticated), the HTTP API and the forwarding client.
+	// Internal requests with a client certificate signed by the CA need no cluster secret.
+	TLSCertFile string
+	TLSKeyFile  string
+	TLSCAFile   string
 	// SnapshotThreshold and SnapshotInterval tune Raft snapshots.
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
@@ -124,6 +134,9 @@ func (c Config) Validate() error {
 	}
 	if n := len(c.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
 		bad("gossip key is %d bytes: want 16, 24 or 32", n)
+	}
+	if err := c.validateSecurity(); err != nil {
+		errs = append(errs, fmt.Errorf("%w: %v", ErrInvalidConfig, err))
 	}
 	return errors.Join(errs...)
 }

@@ -34,6 +34,10 @@ const (
 // pooled connections, signing each request with the cluster secret.
 type forwarder struct {
 	secret []byte
+	// scheme is "https" when TLS is on; mtls then also accepts a verified client
+	// certificate in place of an HMAC signature.
+	scheme string
+	mtls   bool
 	client *http.Client
 	tr     *http.Transport
 
@@ -50,6 +54,7 @@ func newForwarder(secret string) *forwarder {
 	}
 	return &forwarder{
 		secret: []byte(secret),
+		scheme: "http",
 		tr:     tr,
 		client: &http.Client{Transport: tr, Timeout: 30 * time.Second},
 		seen:   map[string]time.Time{},
@@ -77,7 +82,13 @@ func (f *forwarder) sign(req *http.Request, body []byte) {
 
 // verify checks an internal request's signature, its age, and that it was not seen before.
 func (f *forwarder) verify(r *http.Request, body []byte) error {
+	if f.mtls && r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+		return nil
+	}
 	if len(f.secret) == 0 {
+		if f.mtls {
+			return errors.New("client certificate signed by the cluster CA required")
+		}
 		return nil
 	}
 	ts := r.Header.Get(hdrTime)
@@ -143,7 +154,7 @@ func (n *Node) forwardOnce(ctx context.Context, cmd []byte) (*proposeReply, erro
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/internal/v1/propose", bytes.NewReader(cmd))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.forwarder.url(addr, "/internal/v1/propose"), bytes.NewReader(cmd))
 	if err != nil {
 		return nil, err
 	}

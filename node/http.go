@@ -61,6 +61,7 @@ func (n *Node) routes() {
 	m.HandleFunc("POST /internal/v1/propose", n.handlePropose)
 	m.HandleFunc("GET /internal/v1/peers", n.handlePeers)
 	n.dataRoutes()
+	n.keyringRoutes()
 	m.Handle("GET /metrics", n.metricsHandler())
 	m.Handle("GET /ui/", http.StripPrefix("/ui/", http.FileServerFS(uiFS())))
 	m.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/ui/", http.StatusFound) })

@@ -53,6 +53,7 @@ type Node struct {
 	httpLn    net.Listener
 	httpSrv   *http.Server
 	forwarder *forwarder
+	tls       *tlsBundle
 
 	ringMu   sync.RWMutex
 	ring     *membership.Ring
@@ -88,6 +89,9 @@ func New(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, name: name, logger: cfg.Logger.Named("node").With("node", name)}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.ring = membership.NewRing(nil, cfg.RingVnodes)
+	if n.tls, err = loadTLS(cfg); err != nil {
+		return nil, err
+	}
 
 	ok := false
 	defer func() {
@@ -110,6 +114,9 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("listen http %s: %w", cfg.HTTPAddr, err)
 	}
 	n.forwarder = newForwarder(cfg.ClusterSecret)
+	if n.tls != nil {
+		n.forwarder.useTLS(n.tls.client)
+	}
 	if err := n.startMembership(); err != nil {
 		return nil, err
 	}
@@ -117,7 +124,7 @@ func New(cfg Config) (*Node, error) {
 	n.initMetrics()
 	n.routes()
 	n.httpSrv = &http.Server{
-		Handler:           n.mux,
+		Handler:           n.guard(n.mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       2 * time.Minute,
 		IdleTimeout:       2 * time.Minute,
@@ -126,7 +133,14 @@ func New(cfg Config) (*Node, error) {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		if err := n.httpSrv.Serve(n.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if n.tls != nil {
+			n.httpSrv.TLSConfig = n.tls.httpServer
+			err = n.httpSrv.ServeTLS(n.httpLn, "", "")
+		} else {
+			err = n.httpSrv.Serve(n.httpLn)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.logger.Error("http server stopped", "error", err)
 		}
 	}()
@@ -142,6 +156,7 @@ func New(cfg Config) (*Node, error) {
 	n.goRun(n.readinessLoop)
 	n.goRun(n.ringLoop)
 	ok = true
+	n.warnInsecure()
 	n.logger.Info("node started", "raft", n.raftAddr, "gossip", n.members.GossipAddr(), "http", n.HTTPAddr())
 	return n, nil
 }
@@ -197,6 +212,9 @@ func (n *Node) startRaft() error {
 	}
 	n.raftAddr = ln.Addr().String()
 	var stream raft.StreamLayer = &tcpStream{ln: ln}
+	if n.tls != nil {
+		stream = &tlsStream{ln: ln, server: n.tls.raftServer, client: n.tls.client}
+	}
 	if n.cfg.WrapRaftStream != nil {
 		stream = n.cfg.WrapRaftStream(stream)
 	}

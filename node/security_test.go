@@ -1,0 +1,287 @@
+package node_test
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"cardsync/fsm"
+	"cardsync/node"
+	"cardsync/testcluster"
+)
+
+const testToken = "s3cr3t-admin-token-0123456789"
+
+func startDevNode(t *testing.T, mutate func(*node.Config)) *node.Node {
+	t.Helper()
+	cfg := node.DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.Dev = true
+	cfg.Profile = "fast"
+	cfg.FSMNoSync = true
+	cfg.GossipAddr, cfg.RaftAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	n, err := node.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Shutdown() })
+	testcluster.WaitFor(t, 15*time.Second, "node ready", n.Ready)
+	return n
+}
+
+func doReq(t *testing.T, method, url, token, contentType string, body []byte) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// Every mutating endpoint answers 401 without the admin token (or with a wrong one) and
+// works with it; reads stay open on loopback.
+func TestAdminTokenGuardsMutations(t *testing.T) {
+	key := bytes.Repeat([]byte{7}, 32)
+	n := startDevNode(t, func(c *node.Config) {
+		c.AdminToken = testToken
+		c.GossipKey = key
+	})
+	n.Mux().HandleFunc("DELETE /v1/extra/{id}", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
+	base := "http://" + n.HTTPAddr()
+	newKey := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32))
+
+	type step struct {
+		method, path, ctype, body string
+		want                      int
+	}
+	setup := []step{
+		{"POST", "/v1/accounts", "application/json", `{"id":"ol-1","carrier":"onelink","ttl":3600000000000,"rate_per_sec":10,"burst":1,"concurrency":1,"batch_size":100,"credentials_valid":true}`, 200},
+		{"POST", "/v1/enterprises", "application/json", `{"id":"acme","name":"Acme","accounts":{"onelink":"ol-1"},"inventory_ready":true}`, 200},
+		{"POST", "/v1/cards", "text/csv", "enterprise,iccid,account\nacme,8986001234567890123,ol-1\n", 200},
+	}
+	run := func(s step) {
+		t.Helper()
+		url := base + s.path
+		if code, body := doReq(t, s.method, url, "", s.ctype, []byte(s.body)); code != http.StatusUnauthorized {
+			t.Fatalf("%s %s without token: %d %s", s.method, s.path, code, body)
+		}
+		if code, body := doReq(t, s.method, url, "wrong-token-wrong-token", s.ctype, []byte(s.body)); code != http.StatusUnauthorized {
+			t.Fatalf("%s %s with a wrong token: %d %s", s.method, s.path, code, body)
+		}
+		if code, body := doReq(t, s.method, url, testToken, s.ctype, []byte(s.body)); code != s.want {
+			t.Fatalf("%s %s with the token: %d %s", s.method, s.path, code, body)
+		}
+	}
+	for _, s := range setup {
+		run(s)
+	}
+	shards, err := n.FSM().Shards(fsm.ShardFilter{})
+	if err != nil || len(shards) == 0 {
+		t.Fatalf("shards after import: %v %v", shards, err)
+	}
+	sid := shards[0].ID
+	for _, s := range []step{
+		{"POST", "/v1/resync", "application/json", `{"enterprise":"acme"}`, 200},
+		{"POST", "/v1/shards/" + sid + "/checkpoint", "application/json", `{"new_task":true}`, 200},
+		{"POST", "/v1/shards/" + sid + "/release", "application/json", `{"reason":"test"}`, 200},
+		{"POST", "/v1/maintenance", "application/json", `{"on":true,"reason":"test"}`, 200},
+		{"POST", "/v1/maintenance", "application/json", `{"on":false}`, 200},
+		{"POST", "/v1/drain", "application/json", `{"on":false}`, 200},
+		{"POST", "/v1/operator/keyring", "application/json", `{"op":"install","key":"` + newKey + `"}`, 200},
+		{"POST", "/v1/operator/keyring", "application/json", `{"op":"use","key":"` + newKey + `"}`, 200},
+		{"POST", "/v1/operator/keyring", "application/json", `{"op":"remove","key":"` + base64.StdEncoding.EncodeToString(key) + `"}`, 200},
+		{"POST", "/v1/operator/raft/remove-peer", "application/json", `{"id":"no-such-node"}`, 200},
+		{"DELETE", "/v1/extra/1", "", "", http.StatusNoContent},
+	} {
+		run(s)
+	}
+	// Reads stay open on loopback.
+	for _, p := range []string{"/v1/status", "/v1/members", "/v1/cards", "/v1/shards", "/v1/accounts", "/v1/operator/keyring", "/metrics", "/healthz"} {
+		if code, body := doReq(t, "GET", base+p, "", "", nil); code != http.StatusOK {
+			t.Fatalf("GET %s without token on loopback: %d %s", p, code, body)
+		}
+	}
+}
+
+// On a non-loopback address every endpoint but the health probes needs the token.
+func TestAdminTokenRequiredForReadsWhenPublic(t *testing.T) {
+	var logs bytes.Buffer
+	n := startDevNode(t, func(c *node.Config) {
+		c.AdminToken = testToken
+		c.HTTPAddr = "0.0.0.0:0"
+		c.Logger = hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Warn})
+	})
+	port := n.HTTPAddr()[strings.LastIndex(n.HTTPAddr(), ":")+1:]
+	base := "http://127.0.0.1:" + port
+	for _, p := range []string{"/v1/status", "/v1/members", "/v1/cards", "/metrics"} {
+		if code, _ := doReq(t, "GET", base+p, "", "", nil); code != http.StatusUnauthorized {
+			t.Fatalf("GET %s without token on a public address: %d", p, code)
+		}
+		if code, body := doReq(t, "GET", base+p, testToken, "", nil); code != http.StatusOK {
+			t.Fatalf("GET %s with the token: %d %s", p, code, body)
+		}
+	}
+	if code, _ := doReq(t, "GET", base+"/healthz", "", "", nil); code != http.StatusOK {
+		t.Fatalf("healthz: %d", code)
+	}
+	if !strings.Contains(logs.String(), "without TLS") {
+		t.Fatalf("no warning about plain-text HTTP on a public address in:\n%s", logs.String())
+	}
+}
+
+func signInternal(secret, ts string, body []byte) string {
+	h := hmac.New(sha256.New, []byte(secret))
+	h.Write([]byte(ts))
+	h.Write([]byte{'\n'})
+	h.Write(body)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// The internal propose endpoint accepts a correctly signed request once and rejects
+// forged, unsigned, stale and replayed ones.
+func TestInternalProposeRejectsForgedAndReplayed(t *testing.T) {
+	const secret = "cluster-secret-for-tests"
+	n := startDevNode(t, func(c *node.Config) { c.ClusterSecret = secret })
+	url := "http://" + n.HTTPAddr() + "/internal/v1/propose"
+	cmd, err := fsm.Encode(fsm.TypeUpsertEnterprise, fsm.UpsertEnterprise{ID: "forged", Name: "F", InventoryReady: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(ts, sig string, body []byte) (int, string) {
+		req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+		if ts != "" {
+			req.Header.Set("X-Cardsync-Time", ts)
+		}
+		if sig != "" {
+			req.Header.Set("X-Cardsync-Signature", sig)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	now := strconv.FormatInt(time.Now().UnixNano(), 10)
+	old := strconv.FormatInt(time.Now().Add(-time.Hour).UnixNano(), 10)
+	for _, tc := range []struct {
+		name, ts, sig string
+		body          []byte
+	}{
+		{"unsigned", "", "", cmd},
+		{"wrong secret", now, signInternal("not-the-secret", now, cmd), cmd},
+		{"body changed after signing", now, signInternal(secret, now, []byte("other")), cmd},
+		{"stale timestamp", old, signInternal(secret, old, cmd), cmd},
+		{"malformed timestamp", "yesterday", signInternal(secret, "yesterday", cmd), cmd},
+	} {
+		if code, body := send(tc.ts, tc.sig, tc.body); code != http.StatusUnauthorized {
+			t.Fatalf("%s: %d %s", tc.name, code, body)
+		}
+	}
+	if _, err := n.FSM().Enterprise("forged"); err == nil {
+		t.Fatal("a rejected request changed the state")
+	}
+	ts := strconv.FormatInt(time.Now().UnixNano(), 10)
+	sig := signInternal(secret, ts, cmd)
+	if code, body := send(ts, sig, cmd); code != http.StatusOK || strings.Contains(body, `"error"`) {
+		t.Fatalf("signed request: %d %s", code, body)
+	}
+	if code, body := send(ts, sig, cmd); code != http.StatusUnauthorized || !strings.Contains(body, "replayed") {
+		t.Fatalf("replayed request: %d %s", code, body)
+	}
+}
+
+// Oversized bodies get 413: admin JSON and internal keyring bodies.
+func TestOversizedBodies(t *testing.T) {
+	n := startDevNode(t, func(c *node.Config) { c.AdminToken = testToken })
+	base := "http://" + n.HTTPAddr()
+	big := append([]byte(`{"reason":"`), bytes.Repeat([]byte("x"), 2<<20)...)
+	big = append(big, `"}`...)
+	for _, p := range []string{"/v1/maintenance", "/v1/resync", "/v1/enterprises", "/v1/accounts", "/v1/operator/keyring"} {
+		if code, body := doReq(t, "POST", base+p, testToken, "application/json", big); code != http.StatusRequestEntityTooLarge {
+			t.Fatalf("POST %s with 2 MiB: %d %.200s", p, code, body)
+		}
+	}
+	if code, body := doReq(t, "POST", base+"/internal/v1/keyring", "", "application/json", big); code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("internal keyring with 2 MiB: %d %.200s", code, body)
+	}
+	// Oversized headers are refused before any handler runs.
+	req, _ := http.NewRequest("GET", base+"/v1/status", nil)
+	req.Header.Set("X-Big", strings.Repeat("y", 2<<20))
+	resp, err := http.DefaultClient.Do(req)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Fatalf("2 MiB header: %d", resp.StatusCode)
+		}
+	}
+}
+
+// A config with partial TLS settings or a short admin token is rejected.
+func TestSecurityConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(*node.Config)
+		ok     bool
+	}{
+		{"defaults", func(*node.Config) {}, true},
+		{"token", func(c *node.Config) { c.AdminToken = testToken }, true},
+		{"short token", func(c *node.Config) { c.AdminToken = "abc" }, false},
+		{"cert without key", func(c *node.Config) { c.TLSCertFile = "c.pem" }, false},
+		{"all tls files", func(c *node.Config) { c.TLSCertFile, c.TLSKeyFile, c.TLSCAFile = "c", "k", "ca" }, true},
+		{"bad gossip key", func(c *node.Config) { c.GossipKey = []byte("short") }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := node.DefaultConfig()
+			tc.mutate(&c)
+			if err := c.Validate(); (err == nil) != tc.ok {
+				t.Fatalf("Validate: %v", err)
+			}
+		})
+	}
+}
+
+func TestParseGossipKey(t *testing.T) {
+	for _, tc := range []struct {
+		in string
+		ok bool
+	}{
+		{base64.StdEncoding.EncodeToString(make([]byte, 16)), true},
+		{base64.StdEncoding.EncodeToString(make([]byte, 24)), true},
+		{" " + base64.StdEncoding.EncodeToString(make([]byte, 32)) + "\n", true},
+		{base64.StdEncoding.EncodeToString(make([]byte, 31)), false},
+		{"not base64!", false},
+		{"", false},
+	} {
+		if _, err := node.ParseGossipKey(tc.in); (err == nil) != tc.ok {
+			t.Errorf("ParseGossipKey(%q): %v", tc.in, err)
+		}
+	}
+}
+
