@@ -392,23 +392,12 @@ func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string,
 		default:
 			fracs[me] = 1
 		}
-		f := fracs[me]
-		sh := Share{Account: id, Fraction: f}
-		if f > 0 {
-			rate := q.RatePerSec
-			if s.cfg.ShareQuota {
-				rate *= s.cfg.QuotaSafety
-			}
-			sh.RatePerSec = rate * f
-			sh.Burst = max(1, int(float64(max(q.Burst, 1))*f))
+		rate := q.RatePerSec
+		if s.cfg.ShareQuota {
+			rate *= s.cfg.QuotaSafety
 		}
-		sh.Concurrency = slotsFor(me, fracs, max(q.Concurrency, 1))
-		if sh.Concurrency == 0 {
-			sh.RatePerSec, sh.Burst = 0, 0
-		}
-		if sh.RatePerSec == 0 {
-			sh.Concurrency = 0
-		}
+		sh := splitShare(me, fracs, rate, q.Burst, q.Concurrency)
+		sh.Account = id
 		next[id] = s.phaseShare(id, sh, now)
 		if old, ok := s.shares[id]; !ok || old != next[id] {
 			acct.SetShare(next[id].RatePerSec, next[id].Burst, next[id].Concurrency)
@@ -459,6 +448,32 @@ func (s *Syncer) shareGrace() time.Duration {
 type timedShare struct {
 	at    time.Time
 	share Share
+}
+
+// splitShare gives me its part of an account's rate, burst and concurrency, given every
+// owner's fraction of the account's work. Concurrency slots go by largest remainder; an
+// owner left without a slot cannot call at all, so the rate and burst are split among the
+// owners that got a slot, in proportion to their fractions. Otherwise an account with
+// fewer slots than owners (Cisco allows one call at a time) would leave the rate of the
+// slotless owners unused and run far below its quota. Every node computes the same split
+// from the same inputs, so the parts never add up to more than the account allows.
+func splitShare(me string, fracs map[string]float64, rate float64, burst, concurrency int) Share {
+	sh := Share{Fraction: fracs[me]}
+	slots := max(concurrency, 1)
+	sh.Concurrency = slotsFor(me, fracs, slots)
+	if sh.Fraction <= 0 || sh.Concurrency == 0 || rate <= 0 {
+		return Share{Fraction: sh.Fraction}
+	}
+	withSlot := 0.0
+	for name, f := range fracs {
+		if f > 0 && slotsFor(name, fracs, slots) > 0 {
+			withSlot += f
+		}
+	}
+	part := sh.Fraction / withSlot
+	sh.RatePerSec = rate * part
+	sh.Burst = max(1, int(float64(max(burst, 1))*part))
+	return sh
 }
 
 // slotsFor splits concurrency slots between owners by largest remainder, ties broken by

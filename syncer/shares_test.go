@@ -1,0 +1,48 @@
+package syncer
+
+import (
+	"math"
+	"testing"
+)
+
+// TestSplitShareGivesRateToSlotHolders: an account with fewer concurrency slots than
+// owners (Cisco allows one call at a time) must not strand the rate of the owners left
+// without a slot; the parts never add up to more than the account allows.
+func TestSplitShareGivesRateToSlotHolders(t *testing.T) {
+	tests := []struct {
+		name        string
+		fracs       map[string]float64
+		rate        float64
+		burst, conc int
+		wantConc    map[string]int
+	}{
+		{"one slot three owners", map[string]float64{"a": 0.17, "b": 0.34, "c": 0.49}, 4.85, 5, 1, map[string]int{"c": 1}},
+		{"two slots three owners", map[string]float64{"a": 0.2, "b": 0.35, "c": 0.45}, 20, 5, 2, map[string]int{"b": 1, "c": 1}},
+		{"enough slots", map[string]float64{"a": 0.5, "b": 0.5}, 50, 10, 8, map[string]int{"a": 4, "b": 4}},
+		{"single owner", map[string]float64{"a": 1}, 5, 5, 1, map[string]int{"a": 1}},
+		{"idle owner", map[string]float64{"a": 1, "b": 0}, 5, 5, 1, map[string]int{"a": 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var rate float64
+			conc := 0
+			for name := range tt.fracs {
+				sh := splitShare(name, tt.fracs, tt.rate, tt.burst, tt.conc)
+				if sh.Concurrency != tt.wantConc[name] {
+					t.Errorf("%s: concurrency %d, want %d", name, sh.Concurrency, tt.wantConc[name])
+				}
+				if (sh.Concurrency == 0) != (sh.RatePerSec == 0) {
+					t.Errorf("%s: rate %v with concurrency %d", name, sh.RatePerSec, sh.Concurrency)
+				}
+				rate += sh.RatePerSec
+				conc += sh.Concurrency
+			}
+			if math.Abs(rate-tt.rate) > 1e-9 {
+				t.Errorf("rates add up to %v, want the whole %v", rate, tt.rate)
+			}
+			if conc > tt.conc {
+				t.Errorf("slots add up to %d, account allows %d", conc, tt.conc)
+			}
+		})
+	}
+}
