@@ -71,6 +71,9 @@ type Config struct {
 	GossipTransport memberlist.NodeAwareTransport
 	// WrapRaftStream, if set, wraps the Raft stream layer (fault injection).
 	WrapRaftStream func(raft.StreamLayer) raft.StreamLayer
+	// WrapForwardDial, if set, wraps the dialer of the internal HTTP client that forwards
+	// proposals to the leader and asks peers for their Raft state (fault injection).
+	WrapForwardDial func(DialFunc) DialFunc
 
 	Logger hclog.Logger
 }

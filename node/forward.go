@@ -45,6 +45,9 @@ type forwarder struct {
 	seen map[string]time.Time // signatures seen within maxSkew: replay protection
 }
 
+// DialFunc dials a network address (net.Dialer.DialContext's signature).
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
 func newForwarder(secret string) *forwarder {
 	tr := &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,

@@ -114,6 +114,9 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("listen http %s: %w", cfg.HTTPAddr, err)
 	}
 	n.forwarder = newForwarder(cfg.ClusterSecret)
+	if cfg.WrapForwardDial != nil {
+		n.forwarder.tr.DialContext = cfg.WrapForwardDial(n.forwarder.tr.DialContext)
+	}
 	if n.tls != nil {
 		n.forwarder.useTLS(n.tls.client)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"cardsync/carrier/sim"
 	"cardsync/internal/agent"
+	"cardsync/node"
 	"cardsync/testcluster/check"
 )
 
@@ -102,7 +103,7 @@ func (f *Faults) Partition(a, b []string) {
 	}
 	f.counts[FaultPartition]++
 	f.mu.Unlock()
-	f.c.T.Logf("fault: partition %v | %v", a, b)
+	f.logf("fault: partition %v | %v", a, b)
 }
 
 // PartitionOneWay drops everything the members in from send to the members in to; the
@@ -118,7 +119,7 @@ func (f *Faults) PartitionOneWay(from, to []string) {
 	}
 	f.counts[FaultOneWay]++
 	f.mu.Unlock()
-	f.c.T.Logf("fault: one-way partition %v -> %v", from, to)
+	f.logf("fault: one-way partition %v -> %v", from, to)
 }
 
 // Slow adds d of latency to every packet, dial and write from the members in a to the
@@ -134,7 +135,7 @@ func (f *Faults) Slow(a, b []string, d time.Duration) {
 	}
 	f.counts[FaultSlowLink]++
 	f.mu.Unlock()
-	f.c.T.Logf("fault: slow links %v <-> %v (+%v)", a, b, d)
+	f.logf("fault: slow links %v <-> %v (+%v)", a, b, d)
 }
 
 // HealNetwork lifts every partition and slow link (pauses stay).
@@ -143,7 +144,7 @@ func (f *Faults) HealNetwork() {
 	clear(f.cut)
 	clear(f.slow)
 	f.mu.Unlock()
-	f.c.T.Logf("fault: network healed")
+	f.logf("fault: network healed")
 }
 
 // Pause freezes a member without stopping it: its gossip and Raft traffic is cut in both
@@ -156,7 +157,7 @@ func (f *Faults) Pause(name string) {
 		f.counts[FaultPause]++
 	}
 	f.mu.Unlock()
-	f.c.T.Logf("fault: pause %s", name)
+	f.logf("fault: pause %s", name)
 }
 
 // Resume ends a Pause: blocked carrier calls go out and traffic flows again.
@@ -167,7 +168,7 @@ func (f *Faults) Resume(name string) {
 		delete(f.paused, name)
 	}
 	f.mu.Unlock()
-	f.c.T.Logf("fault: resume %s", name)
+	f.logf("fault: resume %s", name)
 }
 
 // Paused reports whether a member is paused.
@@ -198,7 +199,7 @@ func (f *Faults) CarrierFaults(account string, sf sim.Faults) error {
 	f.counts[kind]++
 	f.carrier[account] = true
 	f.mu.Unlock()
-	f.c.T.Logf("fault: carrier %s on %q: %+v", kind, account, sf)
+	f.logf("fault: carrier %s on %q: %+v", kind, account, sf)
 	return nil
 }
 
@@ -211,6 +212,7 @@ func (f *Faults) ExpireTokens(account string) error {
 		return err
 	}
 	f.Count(FaultTokenExpiry)
+	f.logf("fault: carrier tokens of %q expired", account)
 	return nil
 }
 
@@ -240,6 +242,16 @@ func (f *Faults) HealAll() {
 	f.HealNetwork()
 	f.ClearCarrier()
 }
+
+// logf logs a fault event with its wall-clock time, so it can be matched with the
+// members' logs and the simulator's call log.
+func (f *Faults) logf(format string, a ...any) {
+	f.c.T.Helper()
+	f.c.T.Logf("%s "+format, append([]any{time.Now().Format("15:04:05.000")}, a...)...)
+}
+
+// Logf logs an event of the fault schedule the way the switchboard logs its own.
+func (f *Faults) Logf(format string, a ...any) { f.logf(format, a...) }
 
 // register maps a member's address to its name.
 func (f *Faults) register(name, addr string) {
@@ -287,11 +299,12 @@ func (f *Faults) pauseGate(name string) <-chan struct{} {
 }
 
 // wire sets the fault hooks of one member's configuration: a gossip transport on a fresh
-// port, a Raft stream wrapper and a carrier HTTP client.
+// port, a Raft stream wrapper, a dialer for the internal HTTP client that forwards
+// proposals to the leader, and a carrier HTTP client.
 func (f *Faults) wire(name string, cfg *agent.Config) {
 	gt, err := newGossipTransport(f, name)
 	if err != nil {
-		f.c.T.Logf("fault switchboard: %s keeps its own gossip transport: %v", name, err)
+		f.logf("fault switchboard: %s keeps its own gossip transport: %v", name, err)
 	} else {
 		cfg.Node.GossipTransport = gt
 		cfg.Node.GossipAddr = gt.addr
@@ -299,6 +312,22 @@ func (f *Faults) wire(name string, cfg *agent.Config) {
 	cfg.Node.WrapRaftStream = func(s raft.StreamLayer) raft.StreamLayer {
 		f.register(name, s.Addr().String())
 		return &faultStream{StreamLayer: s, f: f, from: name}
+	}
+	cfg.Node.WrapForwardDial = func(dial node.DialFunc) node.DialFunc {
+		return func(ctx context.Context, network, addr string) (net.Conn, error) {
+			to := f.nameOf(addr)
+			if f.blocked(name, to) {
+				return nil, fmt.Errorf("dial %s: %w", addr, ErrPartitioned)
+			}
+			if d := f.delay(name, to); d > 0 {
+				time.Sleep(d)
+			}
+			conn, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &faultConn{Conn: conn, f: f, local: name, remote: to}, nil
+		}
 	}
 	cfg.HTTPClient = &http.Client{Transport: &carrierTransport{
 		f: f, name: name,

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"cardsync/fsm"
 	"cardsync/membership"
 )
 
@@ -221,6 +222,33 @@ func TestFaultsPauseMember(t *testing.T) {
 	})
 	if p.Node().Raft().State() == raft.Leader {
 		t.Fatal("paused member leads")
+	}
+	c.Faults().Resume(p.Name)
+	c.WaitStable(60 * time.Second)
+}
+
+// A paused follower cannot forward proposals to the leader: the internal HTTP path goes
+// through the switchboard like gossip and Raft.
+func TestFaultsPauseCutsForwarding(t *testing.T) {
+	c := New(t, Options{Nodes: 3, NoSim: true, Faults: true})
+	c.WaitStable(30 * time.Second)
+	waitVoters(t, c, 3)
+	p := c.Follower()
+	cmd, err := fsm.Encode(fsm.TypeResync, fsm.Resync{Shard: "no-such-shard"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Healthy: the proposal reaches the leader's FSM, which rejects it by rule.
+	_, err = p.Node().Propose(Ctx(t, 10*time.Second), cmd)
+	if code := fsm.ErrorCode(err); err == nil || code == fsm.CodeInternal {
+		t.Fatalf("healthy forward: want an FSM rule rejection, got %v", err)
+	}
+	c.Faults().Pause(p.Name)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err = p.Node().Propose(ctx, cmd)
+	if err == nil || fsm.ErrorCode(err) != fsm.CodeInternal {
+		t.Fatalf("paused member's forwarded proposal reached the leader: %v", err)
 	}
 	c.Faults().Resume(p.Name)
 	c.WaitStable(60 * time.Second)

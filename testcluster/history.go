@@ -24,6 +24,8 @@ func (c *Cluster) started(m *Member) {
 	}
 	name := m.Name
 	f := c.faults
+	// Forwarded proposals dial the leader's HTTP address.
+	f.register(name, n.HTTPAddr())
 	n.SetProposalObserver(func(cmd []byte, res *fsm.Result, err error, start, end time.Time) {
 		op := check.NewOp(name, cmd, res, err, start, end)
 		f.opsMu.Lock()
