@@ -34,6 +34,8 @@ const (
 	// the ring and voter reconciliation after the last restart.
 	settle      = 8 * time.Second
 	quotaSafety = 0.97
+	// headroom is the part of a node's share its carrier limiter leaves unused.
+	headroom = 0.05
 )
 
 func envInt(name string, def int) int {
@@ -62,6 +64,7 @@ func TestChaos(t *testing.T) {
 			for i := range as {
 				as[i].BackoffMax = backoffMax
 				as[i].BreakerOpen = breakerOpen
+				as[i].Headroom = headroom
 			}
 		},
 		Sync: func(s *syncer.Config) {
@@ -154,12 +157,12 @@ func TestChaos(t *testing.T) {
 			case 0:
 				c.Kill(victim)
 				f.Count(testcluster.FaultKill)
-				t.Logf("fault: kill %s", victim.Name)
+				f.Logf("fault: kill %s", victim.Name)
 				active = append(active, nodeFault{now.Add(hold), func() { restart(t, c, victim) }})
 			case 1:
 				c.Stop(victim)
 				f.Count(testcluster.FaultStop)
-				t.Logf("fault: stop %s", victim.Name)
+				f.Logf("fault: stop %s", victim.Name)
 				active = append(active, nodeFault{now.Add(hold), func() { restart(t, c, victim) }})
 			case 2:
 				f.Pause(victim.Name)
@@ -231,7 +234,7 @@ func TestChaos(t *testing.T) {
 	}
 	stopped := time.Now()
 	bound := convergenceBound(t, c, stopped)
-	t.Logf("faults stopped after %v; convergence bound %v", stopped.Sub(start).Round(time.Second), bound)
+	f.Logf("faults stopped after %v; convergence bound %v", stopped.Sub(start).Round(time.Second), bound)
 
 	// Wait for convergence (or the bound to pass), then for the replicas to agree.
 	deadline := stopped.Add(bound + 2*time.Second)
@@ -329,7 +332,29 @@ func TestChaos(t *testing.T) {
 	b.WriteString(strings.Replace(reportString(report), "\n  violations:", "\n  violations:", 1))
 	t.Log("\n" + b.String())
 	if len(report.Violations) > 0 {
+		diagnoseQuota(t, stats, calls)
 		t.Errorf("%d invariant violations", len(report.Violations))
+	}
+}
+
+// diagnoseQuota logs, for every second in which the simulator rejected a call as over
+// quota, the admitted calls of that account from the second before to the second after,
+// by member.
+func diagnoseQuota(t *testing.T, stats sim.Stats, calls []sim.CallRecord) {
+	for id, a := range stats.Accounts {
+		for _, sec := range a.PerSecond {
+			if sec.Rejected == 0 {
+				continue
+			}
+			var parts []string
+			for _, cr := range calls {
+				if cr.Account == id && cr.Start.Unix() >= sec.Unix-1 && cr.Start.Unix() <= sec.Unix+1 {
+					parts = append(parts, fmt.Sprintf("%s %s-%s", cr.Tag, cr.Start.Format("15:04:05.000"), cr.End.Format("05.000")))
+				}
+			}
+			t.Logf("diagnose quota %s: second %s: %d calls, %d rejected; admitted calls around it: %s",
+				id, time.Unix(sec.Unix, 0).Format("15:04:05"), sec.Calls, sec.Rejected, strings.Join(parts, ", "))
+		}
 	}
 }
 
@@ -361,7 +386,7 @@ func restart(t *testing.T, c *testcluster.Cluster, m *testcluster.Member) {
 	}
 	c.Restart(m)
 	c.Faults().Count(testcluster.FaultRestart)
-	t.Logf("fault: restart %s", m.Name)
+	c.Faults().Logf("fault: restart %s", m.Name)
 }
 
 func allCards(c *testcluster.Cluster) []fsm.Card {
@@ -415,10 +440,13 @@ func convergenceBound(t *testing.T, c *testcluster.Cluster, stopped time.Time) t
 	}
 	var backlog time.Duration
 	for _, a := range c.Sim.Accounts() {
+		// A query of a batch costs CallsPerQuery rate-limited HTTP calls, and a node's
+		// limiter runs at its share less the carrier client's headroom.
 		batch := max(1, carrier.DefaultBatchSize(a.Carrier))
-		calls := math.Ceil(float64(due[a.ID]) / float64(batch))
-		d := time.Duration(calls / (a.RatePerSec * quotaSafety) * float64(time.Second))
-		t.Logf("bound: account %s: %d due cards, %.0f calls at %.1f/s = %v", a.ID, due[a.ID], calls, a.RatePerSec*quotaSafety, d.Round(time.Millisecond))
+		calls := math.Ceil(float64(due[a.ID])/float64(batch)) * float64(carrier.CallsPerQuery(a.Carrier))
+		rate := a.RatePerSec * quotaSafety * (1 - headroom)
+		d := time.Duration(calls / rate * float64(time.Second))
+		t.Logf("bound: account %s: %d due cards, %.0f calls at %.2f/s = %v", a.ID, due[a.ID], calls, rate, d.Round(time.Millisecond))
 		backlog = max(backlog, d)
 	}
 	return settle + lease + backoffMax + breakerOpen + dependencyRetry + 2*pollInterval + backlog
