@@ -131,6 +131,7 @@ func (g *groupWatch) check(t testing.TB) {
 // Claim 1: cards are grouped by enterprise, shards hold several enterprises, each shard's
 // cards are synced through the serial loop and every group runs serially.
 func TestClaim1_GroupShardAndSerialCardLoop(t *testing.T) {
+	t.Parallel()
 	c := testcluster.New(t, testcluster.Options{Nodes: 1, Cards: 1500})
 	gw := watchGroups(c)
 	waitAllSynced(t, c, 60*time.Second)
@@ -158,6 +159,7 @@ func TestClaim1_GroupShardAndSerialCardLoop(t *testing.T) {
 
 // Claims 2 and 3: each shard is processed by the first member clockwise on the 2^32 ring.
 func TestClaim2_3_RingOwnerProcessesShard(t *testing.T) {
+	t.Parallel()
 	c := testcluster.New(t, testcluster.Options{Nodes: 3, Cards: 2000})
 	c.WaitStable(30 * time.Second)
 	waitAllSynced(t, c, 90*time.Second)
@@ -191,6 +193,7 @@ func TestClaim2_3_RingOwnerProcessesShard(t *testing.T) {
 
 // Claim 4: a shard another instance is processing is not taken.
 func TestClaim4_ProcessingConditionNoOtherInstance(t *testing.T) {
+	t.Parallel()
 	c := testcluster.New(t, testcluster.Options{Nodes: 1, Cards: 600, Sync: func(s *syncer.Config) { s.PollInterval = 50 * time.Millisecond }})
 	n := c.Members[0].Node()
 	testcluster.WaitFor(t, 30*time.Second, "inventory imported", func() bool {
@@ -250,6 +253,7 @@ func TestClaim4_ProcessingConditionNoOtherInstance(t *testing.T) {
 
 // Claims 5 and 7: an unfinished task continues from the progress stored in the database.
 func TestClaim5_7_ResumeUnfinishedTaskFromStoredCursor(t *testing.T) {
+	t.Parallel()
 	c := testcluster.New(t, testcluster.Options{Nodes: 1, Cards: 3000})
 	n := c.Members[0].Node()
 	// First every card is synced once; then the syncer is idle: nothing is due for the
@@ -334,6 +338,7 @@ func TestClaim5_7_ResumeUnfinishedTaskFromStoredCursor(t *testing.T) {
 // Claim 6: a new task first checks the dependency data; not ready: leave the round;
 // changed: the task is started with the new data.
 func TestClaim6_DependencyCheckBeforeNewTask(t *testing.T) {
+	t.Parallel()
 	c := testcluster.New(t, testcluster.Options{Nodes: 1, Cards: 600, Sync: func(s *syncer.Config) { s.DependencyRetry = 300 * time.Millisecond }})
 	n := c.Members[0].Node()
 	ctx := testcluster.Ctx(t, 90*time.Second)
@@ -401,6 +406,7 @@ func TestClaim6_DependencyCheckBeforeNewTask(t *testing.T) {
 // Claim 8: when the carrier fails or rate-limits, progress is saved and the round ends;
 // the work resumes after the backoff and nothing is lost.
 func TestClaim8_SaveProgressOnCarrierFailure(t *testing.T) {
+	t.Parallel()
 	c := testcluster.New(t, testcluster.Options{Nodes: 1, Cards: 1200})
 	n := c.Members[0].Node()
 	// Every account answers errors for a while.

@@ -26,6 +26,7 @@ func fetchCounts(s *sim.Sim) map[string]uint32 {
 // When nothing fails, every card is fetched exactly once per validity window across a
 // 3-node cluster, no group runs two shards at once, and no account goes over its quota.
 func TestClusterSyncsEveryCardExactlyOncePerWindow(t *testing.T) {
+	t.Parallel()
 	c := testcluster.New(t, testcluster.Options{Nodes: 3, Cards: 3000})
 	gw := watchGroups(c)
 	waitAllSynced(t, c, 120*time.Second)
@@ -49,6 +50,7 @@ func TestClusterSyncsEveryCardExactlyOncePerWindow(t *testing.T) {
 // A hard-killed owner's shards are taken over from the stored cursor: at most the
 // unflushed cards of each running shard are fetched again.
 func TestHardKillOwnerResumesFromCursor(t *testing.T) {
+	t.Parallel()
 	c := testcluster.New(t, testcluster.Options{Nodes: 3, Cards: 4000, QuotaScale: 1,
 		Sync: func(s *syncer.Config) { s.FlushEvery = 50 }})
 	c.WaitStable(30 * time.Second)
@@ -97,6 +99,7 @@ func TestHardKillOwnerResumesFromCursor(t *testing.T) {
 // A fenced owner (its epoch bumped by a forced release) stops at its next flush: the
 // FSM rejects its stale epoch and the shard is taken again from the stored cursor.
 func TestStaleOwnerFlushIsRejected(t *testing.T) {
+	t.Parallel()
 	c := testcluster.New(t, testcluster.Options{Nodes: 3, Cards: 3000, QuotaScale: 1})
 	c.WaitStable(30 * time.Second)
 	leader := c.WaitLeader(10 * time.Second).Node()
@@ -135,6 +138,7 @@ func TestStaleOwnerFlushIsRejected(t *testing.T) {
 
 // An account whose credentials the carrier rejects does not stop the other accounts.
 func TestBadCredentialsDoNotStopOtherAccounts(t *testing.T) {
+	t.Parallel()
 	const bad = "cucc-main"
 	c := testcluster.New(t, testcluster.Options{Nodes: 3, Cards: 2000, Accounts: func(cfgs []carrier.AccountConfig) {
 		for i := range cfgs {
@@ -187,6 +191,7 @@ func TestBadCredentialsDoNotStopOtherAccounts(t *testing.T) {
 // A member that joins takes over its share of the shards through planned handoff: the
 // old owners release at a batch boundary, so no card is fetched twice.
 func TestJoinHandsOffWithoutRefetch(t *testing.T) {
+	t.Parallel()
 	c := testcluster.New(t, testcluster.Options{Nodes: 2, Cards: 4000, QuotaScale: 1})
 	c.WaitStable(30 * time.Second)
 	testcluster.WaitFor(t, 60*time.Second, "work in progress", func() bool {
