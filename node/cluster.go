@@ -22,7 +22,7 @@ func (n *Node) startMembership() error {
 	mcfg.Profile = n.cfg.Profile
 	mcfg.SecretKey = n.cfg.GossipKey
 	mcfg.Transport = n.cfg.GossipTransport
-	mcfg.Logger = n.cfg.Logger.Named("gossip")
+	mcfg.Logger = n.gossipLogger()
 	mcfg.Meta = membership.Meta{
 		RaftAddr:        n.raftAddr,
 		HTTPAddr:        n.httpLn.Addr().String(),

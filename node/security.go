@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"cardsync/membership"
 )
 
@@ -339,4 +341,42 @@ func (n *Node) handleInternalKeyringChange(w http.ResponseWriter, r *http.Reques
 	}
 	n.logger.Info("gossip keyring changed by a peer", "op", req.Op, "key", KeyFingerprint(key))
 	writeJSON(w, http.StatusOK, n.localKeys())
+}
+
+// gossipKeyMismatch reports whether a gossip error means the two ends' encryption keys
+// differ (or only one end encrypts).
+func gossipKeyMismatch(msg string) bool {
+	m := strings.ToLower(msg)
+	return strings.Contains(m, "no installed keys could decrypt") ||
+		strings.Contains(m, "encryption is configured but remote state is not encrypted") ||
+		strings.Contains(m, "remote state is encrypted and encryption is not configured")
+}
+
+// keyMismatchLogger is the gossip layer's logger: when a join attempt fails because the
+// gossip keys differ, it adds one clear error to the node's log.
+type keyMismatchLogger struct {
+	hclog.Logger
+	once   sync.Once
+	report func(detail string)
+}
+
+func (l *keyMismatchLogger) Warn(msg string, args ...any) {
+	l.Logger.Warn(msg, args...)
+	for _, a := range args {
+		if e, ok := a.(error); ok && gossipKeyMismatch(e.Error()) {
+			l.once.Do(func() { l.report(e.Error()) })
+			return
+		}
+	}
+}
+
+func (n *Node) gossipLogger() hclog.Logger {
+	return &keyMismatchLogger{Logger: n.cfg.Logger.Named("gossip"), report: func(detail string) {
+		hint := "this node has a gossip encryption key and the seeds do not, or the keys differ"
+		if len(n.cfg.GossipKey) == 0 {
+			hint = "the cluster encrypts gossip and this node has no key"
+		}
+		n.logger.Error("cannot join the cluster: gossip encryption key mismatch: "+hint+"; start with the cluster's key (-encrypt or node.encrypt)",
+			"seeds", n.cfg.Join, "detail", detail)
+	}}
 }

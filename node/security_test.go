@@ -2,14 +2,29 @@ package node_test
 
 import (
 	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -285,3 +300,226 @@ func TestParseGossipKey(t *testing.T) {
 	}
 }
 
+// writeTestPKI writes a throwaway CA and one certificate for 127.0.0.1 (server and client
+// use) signed by it; it returns the file paths.
+func writeTestPKI(t *testing.T) (certFile, keyFile, caFile string) {
+	t.Helper()
+	dir := t.TempDir()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "cardsync test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		KeyUsage:              x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "cardsync node"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:     []string{"localhost"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, typ string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	return write("node.pem", "CERTIFICATE", der), write("node-key.pem", "EC PRIVATE KEY", keyDER), write("ca.pem", "CERTIFICATE", caDER)
+}
+
+// A cluster with TLS everywhere and no cluster secret forms, forwards proposals over
+// mutually authenticated HTTPS, and refuses plain-text and certificate-less clients.
+func TestTLSClusterFormsAndRefusesPlainText(t *testing.T) {
+	certFile, keyFile, caFile := writeTestPKI(t)
+	c := testcluster.New(t, testcluster.Options{Nodes: 3, NoSim: true, Node: func(i int, nc *node.Config) {
+		nc.TLSCertFile, nc.TLSKeyFile, nc.TLSCAFile = certFile, keyFile, caFile
+	}})
+	c.WaitStable(60 * time.Second)
+	f := c.Follower()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if _, err := f.Node().Propose(ctx, enterpriseCmd(t, "tls-acme")); err != nil {
+		t.Fatalf("propose on a follower (forwarded over mutual TLS): %v", err)
+	}
+	addr := f.Node().HTTPAddr()
+
+	// Plain HTTP to the TLS API is refused.
+	if resp, err := http.Get("http://" + addr + "/v1/status"); err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Fatalf("plain-text HTTP answered 200: %s", b)
+		}
+	}
+	caPEM, _ := os.ReadFile(caFile)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	defer noCert.CloseIdleConnections()
+	resp, err := noCert.Get("https://" + addr + "/v1/status")
+	if err != nil {
+		t.Fatalf("https read without a client certificate: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("https read: %d", resp.StatusCode)
+	}
+	// Internal endpoints need the client certificate when there is no cluster secret.
+	resp, err = noCert.Post("https://"+addr+"/internal/v1/propose", "application/octet-stream", bytes.NewReader(enterpriseCmd(t, "forged")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("internal propose without a client certificate: %d", resp.StatusCode)
+	}
+
+	// Raft: plain text and TLS without a client certificate both get nothing back.
+	raftAddr := f.Node().RaftAddr()
+	conn, err := net.DialTimeout("tcp", raftAddr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = conn.Write([]byte("\x00plain-text raft rpc\n"))
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := conn.Read(make([]byte, 64)); err == nil {
+		t.Fatalf("plain-text raft connection got %d bytes back", n)
+	}
+	conn.Close()
+	tc, err := tls.Dial("tcp", raftAddr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	if err == nil {
+		_, _ = tc.Write([]byte{0})
+		_ = tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := tc.Read(make([]byte, 1)); err == nil {
+			t.Fatal("raft accepted a TLS client without a certificate")
+		}
+		tc.Close()
+	}
+}
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A node with a different gossip key cannot join and says why.
+func TestWrongGossipKeyCannotJoin(t *testing.T) {
+	good := bytes.Repeat([]byte{1}, 32)
+	bad := bytes.Repeat([]byte{2}, 32)
+	a := startDevNode(t, func(c *node.Config) { c.GossipKey = good })
+	for _, tc := range []struct {
+		name string
+		key  []byte
+	}{{"wrong key", bad}, {"no key", nil}} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs := &syncBuffer{}
+			cfg := node.DefaultConfig()
+			cfg.DataDir = t.TempDir()
+			cfg.Profile = "fast"
+			cfg.FSMNoSync = true
+			cfg.GossipAddr, cfg.RaftAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+			cfg.Join = []string{a.GossipAddr()}
+			cfg.GossipKey = tc.key
+			cfg.Logger = hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Debug})
+			b, err := node.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Shutdown()
+			testcluster.WaitFor(t, 20*time.Second, "join failure explained", func() bool {
+				return strings.Contains(logs.String(), "cannot join the cluster: gossip encryption key mismatch")
+			})
+			for _, m := range a.Membership().Members() {
+				if m.Name == b.Name() {
+					t.Fatalf("member with the %s joined: %+v", tc.name, m)
+				}
+			}
+			if len(b.Membership().Members()) != 1 {
+				t.Fatalf("joiner sees %d members", len(b.Membership().Members()))
+			}
+		})
+	}
+}
+
+// Keys rotate across the whole cluster through one node's API: install, use, remove; the
+// cluster stays together and every member ends on the new key alone.
+func TestKeyringRotationFansOut(t *testing.T) {
+	oldKey := bytes.Repeat([]byte{3}, 32)
+	newKey := bytes.Repeat([]byte{4}, 16)
+	c := testcluster.New(t, testcluster.Options{Nodes: 3, NoSim: true, Node: func(i int, nc *node.Config) {
+		nc.GossipKey = oldKey
+		nc.ClusterSecret = "rotation-secret"
+		nc.AdminToken = testToken
+	}})
+	c.WaitStable(60 * time.Second)
+	base := "http://" + c.Up()[1].Node().HTTPAddr()
+	for _, step := range []struct {
+		op  string
+		key []byte
+	}{{"install", newKey}, {"use", newKey}, {"remove", oldKey}} {
+		body := fmt.Sprintf(`{"op":%q,"key":%q}`, step.op, base64.StdEncoding.EncodeToString(step.key))
+		code, out := doReq(t, "POST", base+"/v1/operator/keyring", testToken, "application/json", []byte(body))
+		if code != http.StatusOK {
+			t.Fatalf("%s: %d %s", step.op, code, out)
+		}
+		var rep struct {
+			Nodes map[string]node.NodeKeyring `json:"nodes"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || len(rep.Nodes) != 3 {
+			t.Fatalf("%s: %v %s", step.op, err, out)
+		}
+	}
+	for _, m := range c.Up() {
+		keys := m.Node().Membership().Keys()
+		if len(keys) != 1 || !bytes.Equal(keys[0], newKey) {
+			t.Fatalf("%s keys after rotation: %x", m.Name, keys)
+		}
+	}
+	code, out := doReq(t, "GET", base+"/v1/operator/keyring", "", "", nil)
+	if code != http.StatusOK || !strings.Contains(out, node.KeyFingerprint(newKey)) || strings.Contains(out, base64.StdEncoding.EncodeToString(newKey)) {
+		t.Fatalf("list: %d %s", code, out)
+	}
+	// Gossip still works on the new key: stop and restart a member, everyone sees it back.
+	c.WaitStable(30 * time.Second)
+}
