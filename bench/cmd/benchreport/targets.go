@@ -40,6 +40,18 @@ var targets = []Target{
 		Why: "3 shard owners flushing 100 results at a time keep 20k card results/s replicated"},
 	{Package: "cardsync/bench", Benchmark: "BenchmarkWritePath/cardsync", Unit: "p99-ms", Op: "<=", Value: 50,
 		Why: "a flush must not hold a worker up for long"},
+	{Package: "cardsync/syncer", Benchmark: "BenchmarkQuotaUse/batching", Unit: "quota-use", Op: ">=", Value: 0.95,
+		Why: "a backlog is synced at the carriers' quota: cards/s over the sum of calls/s x cards per call, from 10% to 90% of the backlog"},
+	{Package: "cardsync/syncer", Benchmark: "BenchmarkQuotaUse/batching", Unit: "rejected", Op: "<=", Value: 0,
+		Why: "the members' quota shares never add up to more than an account's quota"},
+	{Package: "cardsync/syncer", Benchmark: "BenchmarkTakeover/fast", Unit: "p99-ms", Op: "<=", Value: 3000,
+		Why: "a hard-killed member's shards progress under new owners within 3 s"},
+	{Package: "cardsync/syncer", Benchmark: "BenchmarkIdleCost", Unit: "rss-MB/node", Op: "<=", Value: 300,
+		Why: "a member holding a third of 1M valid cards stays under 300 MB (process RSS / 3, an upper bound)"},
+	{Package: "cardsync/syncer", Benchmark: "BenchmarkRollingRestart", Unit: "refetched", Op: "<=", Value: 0,
+		Why: "a planned handoff resumes at the cursor: no card is fetched twice"},
+	{Package: "cardsync/syncer", Benchmark: "BenchmarkRollingRestart", Unit: "rejected", Op: "<=", Value: 0,
+		Why: "restarting members never push an account over its quota"},
 }
 
 // comparisons are the targets relative to another system measured in the same run.
