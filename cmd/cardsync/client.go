@@ -91,6 +91,7 @@ func runClient(ctx context.Context, cmd string, args []string, stdout, stderr io
 	}
 	addr := fs.String("http-addr", def, "node HTTP API address")
 	asJSON := fs.Bool("json", false, "print raw JSON")
+	sec := addClientSecurityFlags(fs)
 	var (
 		group, owner, state, reason  *string
 		iccid, shard, enterprise     *string
@@ -135,11 +136,16 @@ func runClient(ctx context.Context, cmd string, args []string, stdout, stderr io
 		pos = append(pos, fs.Arg(0))
 		rest = fs.Args()[1:]
 	}
+	hc := &http.Client{Timeout: 15 * time.Minute}
+	scheme, err := sec.secureClient(hc)
+	if err != nil {
+		return err
+	}
 	base := *addr
 	if !strings.Contains(base, "://") {
-		base = "http://" + base
+		base = scheme + "://" + base
 	}
-	c := &apiClient{base: strings.TrimRight(base, "/"), hc: &http.Client{Timeout: 15 * time.Minute}}
+	c := &apiClient{base: strings.TrimRight(base, "/"), hc: hc}
 	need := func(n int, what string) error {
 		if len(pos) != n {
 			return fmt.Errorf("%s: usage: cardsync %s %s", cmd, cmd, what)
