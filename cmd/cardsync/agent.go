@@ -52,6 +52,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentOptions, error) {
 	profile := fs.String("profile", nc.Profile, "membership timing profile: lan or fast")
 	mult := fs.Float64("raft-multiplier", nc.RaftMultiplier, "scale Raft timeouts (1 = hashicorp defaults)")
 	secret := fs.String("cluster-secret", "", "shared secret that authenticates forwarded requests between nodes")
+	sec := addSecurityFlags(fs)
 	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	poll := fs.Duration("poll-interval", syncer.DefaultConfig().PollInterval, "sync poll interval")
 	if err := fs.Parse(args); err != nil {
@@ -86,6 +87,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentOptions, error) {
 		apply("profile", n.Profile != "", func() { *profile = n.Profile })
 		apply("raft-multiplier", n.RaftMultiplier > 0, func() { *mult = n.RaftMultiplier })
 		apply("cluster-secret", n.ClusterSecret != "", func() { *secret = n.ClusterSecret })
+		sec.fromFile(fc, set)
 		apply("log-level", n.LogLevel != "", func() { *logLevel = n.LogLevel; o.logLevel = n.LogLevel })
 		apply("poll-interval", fc.Sync.PollInterval > 0, func() { *poll = fc.Sync.PollInterval })
 		if fc.Sync.Lease > 0 {
@@ -99,6 +101,10 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentOptions, error) {
 	o.node.Join, o.node.BootstrapExpect, o.node.Dev = join, *expect, *dev
 	o.node.Profile, o.node.RaftMultiplier, o.node.ClusterSecret = *profile, *mult, *secret
 	o.sync.PollInterval = *poll
+	var errs []error
+	if err := sec.apply(&o.node); err != nil {
+		errs = append(errs, err)
+	}
 	if *dev {
 		if !set["data-dir"] && (o.file == nil || o.file.Node.DataDir == "") {
 			o.node.DataDir = ".cardsync-dev"
@@ -113,7 +119,6 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentOptions, error) {
 	if hclog.LevelFromString(o.logLevel) == hclog.NoLevel {
 		return nil, fmt.Errorf("agent: unknown log level %q", o.logLevel)
 	}
-	var errs []error
 	if err := o.node.Validate(); err != nil {
 		errs = append(errs, err)
 	}

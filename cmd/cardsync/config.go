@@ -13,6 +13,7 @@ import (
 
 	"cardsync/carrier"
 	"cardsync/fsm"
+	"cardsync/node"
 )
 
 // FileConfig is the agent's configuration file (YAML). Flags given on the command line
@@ -29,7 +30,19 @@ type FileConfig struct {
 		Profile         string   `yaml:"profile"`
 		RaftMultiplier  float64  `yaml:"raft_multiplier"`
 		ClusterSecret   string   `yaml:"cluster_secret"`
-		LogLevel        string   `yaml:"log_level"`
+		// Encrypt is the base64 gossip key (see cardsync keygen); EncryptEnv names an
+		// environment variable holding it instead.
+		Encrypt    string `yaml:"encrypt"`
+		EncryptEnv string `yaml:"encrypt_env"`
+		// AdminToken guards mutating API requests; AdminTokenEnv names an environment
+		// variable holding it instead.
+		AdminToken    string `yaml:"admin_token"`
+		AdminTokenEnv string `yaml:"admin_token_env"`
+		// TLSCert, TLSKey and TLSCA are PEM files that turn on TLS for Raft and the API.
+		TLSCert  string `yaml:"tls_cert"`
+		TLSKey   string `yaml:"tls_key"`
+		TLSCA    string `yaml:"tls_ca"`
+		LogLevel string `yaml:"log_level"`
 	} `yaml:"node"`
 	Sync struct {
 		PollInterval time.Duration `yaml:"poll_interval"`
@@ -180,6 +193,14 @@ func (c *FileConfig) Validate(name string) error {
 				bad(e.line, "%s: account %q is a %s account, not %s", where, acct, got, carrierName)
 			}
 		}
+	}
+	if k := c.Node.Encrypt; k != "" {
+		if _, err := node.ParseGossipKey(k); err != nil {
+			bad(0, "node.encrypt: %v", err)
+		}
+	}
+	if (c.Node.TLSCert != "" || c.Node.TLSKey != "" || c.Node.TLSCA != "") && (c.Node.TLSCert == "" || c.Node.TLSKey == "" || c.Node.TLSCA == "") {
+		bad(0, "node.tls_cert, node.tls_key and node.tls_ca go together")
 	}
 	if p := c.Node.Profile; p != "" && p != "lan" && p != "fast" {
 		bad(0, "node.profile %q: want lan or fast", p)

@@ -20,6 +20,8 @@ Usage:
   cardsync members                gossip members, Raft suffrage and ring shares
   cardsync operator raft list-peers
   cardsync operator raft remove-peer ID
+  cardsync operator keyring -install KEY | -use KEY | -remove KEY | -list [-local-only]
+  cardsync keygen                 print a new gossip encryption key (base64, 32 bytes)
   cardsync ring                   ring members, shares and shard owners
   cardsync shards [-group G] [-owner N] [-state S] [-reason R]
   cardsync shard ID               one shard in full (claim, epoch, checkpoint, history)
@@ -33,7 +35,9 @@ Usage:
   cardsync changes [-after SEQ] [-follow]
   cardsync backup FILE            download a consistent backup of the replicated state
 
-Client commands talk to -http-addr (default $CARDSYNC_HTTP_ADDR or 127.0.0.1:8700).
+Client commands talk to -http-addr (default $CARDSYNC_HTTP_ADDR or 127.0.0.1:8700), send
+-token (default $CARDSYNC_ADMIN_TOKEN) as a bearer token, and use https with -tls-ca
+(default $CARDSYNC_TLS_CA; client certificate: -tls-cert/-tls-key).
 `
 
 func main() {
@@ -61,6 +65,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runAgent(ctx, rest, stdout, stderr)
 	case "carriersim":
 		return runCarrierSim(ctx, rest, stdout, stderr)
+	case "keygen":
+		return runKeygen(stdout)
+	case "operator":
+		if len(rest) > 0 && rest[0] == "keyring" {
+			return runKeyring(ctx, rest[1:], stdout, stderr)
+		}
 	case "help", "-h", "--help", "-help":
 		fmt.Fprint(stdout, usage)
 		return nil
