@@ -81,6 +81,9 @@ func (a *applier) claim(p *Claim) (*Result, error) {
 	s.Owner = p.Node
 	s.LeaseUntil = addNanos(a.now, p.Lease)
 	s.Reason = ""
+	if p.StartTask && s.State != stRunning {
+		beginTask(s, p.DepVersion, a.now)
+	}
 	if err := a.claims.Put(joinKey(p.Node, p.Shard), nil); err != nil {
 		return nil, err
 	}
@@ -108,17 +111,22 @@ func (a *applier) startTask(p *StartTask) (*Result, error) {
 	if err := checkOwner(p.Shard, s, p.Node); err != nil {
 		return nil, err
 	}
-	s.TaskID++
-	s.State = stRunning
-	s.Cursor = ""
-	s.Synced, s.Skipped, s.Failed = 0, 0, 0
-	s.DepVersion = p.DepVersion
-	s.StartedAt, s.UpdatedAt = a.now, a.now
-	s.Reason = ""
+	beginTask(s, p.DepVersion, a.now)
 	if err := a.putShard(p.Shard, s); err != nil {
 		return nil, err
 	}
 	return &Result{Epoch: s.Epoch, TaskID: s.TaskID, Message: fmt.Sprintf("shard %s task %d started", p.Shard, s.TaskID)}, nil
+}
+
+// beginTask starts a new task on the shard record.
+func beginTask(s *shardRec, depVersion uint64, now int64) {
+	s.TaskID++
+	s.State = stRunning
+	s.Cursor = ""
+	s.Synced, s.Skipped, s.Failed = 0, 0, 0
+	s.DepVersion = depVersion
+	s.StartedAt, s.UpdatedAt = now, now
+	s.Reason = ""
 }
 
 // release gives up the proposer's claim; the epoch stays (the next claim bumps it).

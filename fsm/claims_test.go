@@ -57,6 +57,21 @@ func TestClaimRules(t *testing.T) {
 				t.Fatalf("claims index: %d", c.Claims)
 			}
 		}},
+		{"claim starts a task when asked", func(h *harness, a, _ string) {
+			r := h.ok(Claim{Shard: a, Node: "n1", Epoch: 0, Lease: lease, StartTask: true, DepVersion: 7})
+			s := h.shard(a)
+			if r.TaskID != 1 || s.Checkpoint.TaskID != 1 || s.Checkpoint.State != StateRunning || s.Checkpoint.DepVersion != 7 || s.Checkpoint.Cursor != "" {
+				t.Fatalf("claim with start: %+v %+v", r, s.Checkpoint)
+			}
+			// An unfinished task is continued, not restarted.
+			h.ok(Flush{Shard: a, Node: "n1", Epoch: 1, TaskID: 1, Cursor: firstCard(t, h, a), Lease: lease})
+			h.ok(Release{Shard: a, Node: "n1", Epoch: 1})
+			r = h.ok(Claim{Shard: a, Node: "n2", Epoch: 1, Lease: lease, StartTask: true, DepVersion: 8})
+			s = h.shard(a)
+			if r.TaskID != 1 || s.Checkpoint.Cursor == "" || s.Checkpoint.DepVersion != 7 {
+				t.Fatalf("claim with start restarted an unfinished task: %+v", s.Checkpoint)
+			}
+		}},
 		{"same node reclaims", func(h *harness, a, _ string) {
 			h.ok(Claim{Shard: a, Node: "n1", Epoch: 0, Lease: lease})
 			if r := h.ok(Claim{Shard: a, Node: "n1", Epoch: 1, Lease: lease}); r.Epoch != 2 {
@@ -226,4 +241,13 @@ func TestForceReleaseAndSetCheckpoint(t *testing.T) {
 	if r.Epoch != sb.Epoch+1 || after.Checkpoint.State != StateIdle || after.Checkpoint.Cursor != "" {
 		t.Fatalf("new task: %+v", after)
 	}
+}
+
+func firstCard(t *testing.T, h *harness, shard string) string {
+	t.Helper()
+	cards, err := h.f.ShardCards(shard, "", 1)
+	if err != nil || len(cards) == 0 {
+		t.Fatalf("shard %s cards: %v", shard, err)
+	}
+	return cards[0].ICCID
 }

@@ -125,6 +125,10 @@ type Claim struct {
 	Node  string        `json:"node"`
 	Epoch uint64        `json:"epoch"`
 	Lease time.Duration `json:"lease"`
+	// StartTask also starts a new task (as StartTask would) when the shard has no
+	// unfinished one, saving a round trip; DepVersion is the task's dependency version.
+	StartTask  bool   `json:"start_task,omitempty"`
+	DepVersion uint64 `json:"dep_version,omitempty"`
 }
 
 // StartTask begins a new task on a claimed shard.

@@ -247,7 +247,16 @@ func (s *Syncer) poll(ctx context.Context) {
 		if s.allBackedOff(sh, ents, start) || !s.anyAccountHere(sh, ents) {
 			continue
 		}
-		cmd, err := fsm.Encode(fsm.TypeClaim, fsm.Claim{Shard: sh.ID, Node: me, Epoch: sh.Epoch, Lease: s.cfg.Lease})
+		claim := fsm.Claim{Shard: sh.ID, Node: me, Epoch: sh.Epoch, Lease: s.cfg.Lease}
+		if sh.Checkpoint.State != fsm.StateRunning {
+			// Claim 6 on the fast path: with the dependency data ready, the claim starts
+			// the new task in the same command. When it is not ready the worker releases
+			// the shard with the reason.
+			if dep, why := s.dependencies(sh, ents, accts); why == "" {
+				claim.StartTask, claim.DepVersion = true, dep
+			}
+		}
+		cmd, err := fsm.Encode(fsm.TypeClaim, claim)
 		if err != nil {
 			continue
 		}
@@ -348,25 +357,7 @@ func (s *Syncer) share(account string) Share {
 func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string, ents map[string]fsm.Enterprise, accts map[string]fsm.Account, now time.Time) {
 	me := s.cluster.Name()
 	members := s.cluster.Ring().Members()
-	weight := map[string]map[string]float64{} // account -> owner -> due cards
-	for _, sh := range shards {
-		owner := owners[sh.ID]
-		// A shard whose cards wait for a quota share still wants that share: counting it
-		// keeps the split stable instead of flapping with every retry.
-		wants := due(sh, now) || strings.Contains(sh.Checkpoint.Reason, quotaPrefix)
-		if owner == "" || !wants || len(sh.Enterprises) == 0 {
-			continue
-		}
-		per := float64(sh.Cards) / float64(len(sh.Enterprises))
-		for _, eid := range sh.Enterprises {
-			for _, a := range ents[eid].Accounts {
-				if weight[a] == nil {
-					weight[a] = map[string]float64{}
-				}
-				weight[a][owner] += per
-			}
-		}
-	}
+	weight := shareWeights(shards, owners, ents, now)
 	next := map[string]Share{}
 	for id, acct := range s.accounts {
 		q, ok := accts[id]
@@ -407,6 +398,38 @@ func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string,
 	s.mu.Lock()
 	s.shares = next
 	s.mu.Unlock()
+}
+
+// shareWeights returns, per account, each node's due work: the cards of the due shards it
+// works. A shard with a live claim counts for the claim's owner, whatever this node's ring
+// says: the claim is replicated, so every node agrees on it, while rings disagree for a
+// while after a partition heals (a member that was cut off still sees itself alone and
+// would take the whole quota while the others count its shards as theirs). A shard
+// without a live claim counts for its ring owner.
+func shareWeights(shards []fsm.ShardState, owners map[string]string, ents map[string]fsm.Enterprise, now time.Time) map[string]map[string]float64 {
+	weight := map[string]map[string]float64{} // account -> owner -> due cards
+	for _, sh := range shards {
+		owner := owners[sh.ID]
+		if sh.LiveClaim(now) {
+			owner = sh.Owner
+		}
+		// A shard whose cards wait for a quota share still wants that share: counting it
+		// keeps the split stable instead of flapping with every retry.
+		wants := due(sh, now) || strings.Contains(sh.Checkpoint.Reason, quotaPrefix)
+		if owner == "" || !wants || len(sh.Enterprises) == 0 {
+			continue
+		}
+		per := float64(sh.Cards) / float64(len(sh.Enterprises))
+		for _, eid := range sh.Enterprises {
+			for _, a := range ents[eid].Accounts {
+				if weight[a] == nil {
+					weight[a] = map[string]float64{}
+				}
+				weight[a][owner] += per
+			}
+		}
+	}
+	return weight
 }
 
 // phaseShare applies share changes safely across nodes that recompute at different

@@ -117,6 +117,12 @@ func (w *worker) work(ctx context.Context) error {
 // inventory versions and account versions) or why the shard cannot start a task.
 func (w *worker) checkDependencies(st fsm.ShardState) (uint64, string) {
 	ents, accts := w.s.deps()
+	return w.s.dependencies(st, ents, accts)
+}
+
+// dependencies computes the dependency version of a shard's task data, or why it is not
+// ready.
+func (s *Syncer) dependencies(st fsm.ShardState, ents map[string]fsm.Enterprise, accts map[string]fsm.Account) (uint64, string) {
 	h := fnv.New64a()
 	var notReady []string
 	ready := 0
@@ -137,7 +143,7 @@ func (w *worker) checkDependencies(st fsm.ShardState) (uint64, string) {
 		for _, a := range names {
 			acct, ok := accts[a]
 			fmt.Fprintf(h, "%s/%d;", a, acct.Version)
-			if _, configured := w.s.accounts[a]; ok && acct.CredentialsValid && configured {
+			if _, configured := s.accounts[a]; ok && acct.CredentialsValid && configured {
 				usable = true
 			}
 		}
