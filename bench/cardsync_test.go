@@ -148,7 +148,7 @@ func (s *cardsyncStore) propose(ctx context.Context, w int, t fsm.Type, p any) (
 }
 
 // claim reads the shard's epoch from the writer's local replica (the last epoch this
-// store saw wins if the replica lags), proposes the claim and starts a task.
+// store saw wins if the replica lags) and proposes the claim, which starts a task.
 func (s *cardsyncStore) claim(ctx context.Context, w int, sh *shardPlan) (claimToken, error) {
 	n := s.nodes[w]
 	cur, err := n.FSM().Shard(sh.id)
@@ -158,18 +158,15 @@ func (s *cardsyncStore) claim(ctx context.Context, w int, sh *shardPlan) (claimT
 	s.mu.Lock()
 	epoch := max(cur.Epoch, s.epochs[sh.id])
 	s.mu.Unlock()
-	res, err := s.propose(ctx, w, fsm.TypeClaim, fsm.Claim{Shard: sh.id, Node: writerName(w), Epoch: epoch, Lease: benchLease})
+	// As the syncer does, the claim starts the task in the same Raft entry.
+	res, err := s.propose(ctx, w, fsm.TypeClaim, fsm.Claim{Shard: sh.id, Node: writerName(w), Epoch: epoch, Lease: benchLease, StartTask: true})
 	if err != nil {
 		return claimToken{}, err
 	}
 	s.mu.Lock()
 	s.epochs[sh.id] = res.Epoch
 	s.mu.Unlock()
-	tres, err := s.propose(ctx, w, fsm.TypeStartTask, fsm.StartTask{Shard: sh.id, Node: writerName(w), Epoch: res.Epoch})
-	if err != nil {
-		return claimToken{}, fmt.Errorf("start task: %w", err)
-	}
-	return claimToken{epoch: res.Epoch, task: tres.TaskID}, nil
+	return claimToken{epoch: res.Epoch, task: res.TaskID}, nil
 }
 
 // flush proposes fsm.Flush; the last flush of a shard closes the task and releases the
