@@ -30,6 +30,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"cardsync/carrier"
 	"cardsync/fsm"
 	"cardsync/node"
 	"cardsync/testcluster"
@@ -522,4 +523,81 @@ func TestKeyringRotationFansOut(t *testing.T) {
 	}
 	// Gossip still works on the new key: stop and restart a member, everyone sees it back.
 	c.WaitStable(30 * time.Second)
+}
+
+// A 3-node cluster syncing from the simulator with trace logging never logs or returns a
+// carrier credential (secret, app id, open id, customer number).
+func TestCredentialsNeverLoggedOrReturned(t *testing.T) {
+	logs := &syncBuffer{}
+	logger := hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Trace})
+	var creds []string
+	c := testcluster.New(t, testcluster.Options{Nodes: 3, Cards: 1000, Logger: logger,
+		Accounts: func(acs []carrier.AccountConfig) {
+			for _, a := range acs {
+				for _, s := range []string{a.Secret, a.AppID, a.OpenID, a.CustNumber} {
+					if s != "" {
+						creds = append(creds, s)
+					}
+				}
+			}
+		}})
+	if len(creds) < 10 {
+		t.Fatalf("only %d credentials captured", len(creds))
+	}
+	c.WaitStable(60 * time.Second)
+	testcluster.WaitFor(t, 90*time.Second, "cards synced", func() bool {
+		shards, err := c.Leader().Node().FSM().Shards(fsm.ShardFilter{})
+		if err != nil {
+			return false
+		}
+		var synced uint64
+		for _, s := range shards {
+			synced += s.Checkpoint.Synced
+		}
+		return synced >= 500
+	})
+	paths := []string{"/v1/status", "/v1/members", "/v1/accounts", "/v1/quota", "/v1/shards", "/v1/cards?limit=10000",
+		"/v1/enterprises", "/v1/ring", "/v1/changes?limit=1000", "/v1/operator/raft/peers", "/v1/operator/keyring",
+		"/v1/webhooks", "/v1/digest", "/metrics", "/v1/backup"}
+	var responses strings.Builder
+	for _, m := range c.Up() {
+		for _, p := range paths {
+			code, body := doReq(t, "GET", "http://"+m.Node().HTTPAddr()+p, "", "", nil)
+			if code != http.StatusOK && p != "/v1/operator/keyring" {
+				t.Fatalf("%s GET %s: %d %.200s", m.Name, p, code, body)
+			}
+			fmt.Fprintf(&responses, "== %s %s\n%s\n", m.Name, p, body)
+		}
+		if shards, _ := m.Node().FSM().Shards(fsm.ShardFilter{}); len(shards) > 0 {
+			_, body := doReq(t, "GET", "http://"+m.Node().HTTPAddr()+"/v1/shards/"+shards[0].ID, "", "", nil)
+			responses.WriteString(body)
+		}
+	}
+	// The simulator stands in for the carriers: its own lines may name the credentials it
+	// checks, so only cardsync's lines are searched.
+	var ours strings.Builder
+	lines := strings.Split(logs.String(), "\n")
+	for _, l := range lines {
+		if !strings.Contains(l, "carriersim") {
+			ours.WriteString(l)
+			ours.WriteByte('\n')
+		}
+	}
+	if len(lines) < 100 {
+		t.Fatalf("only %d log lines captured", len(lines))
+	}
+	for _, cred := range creds {
+		if i := strings.Index(ours.String(), cred); i >= 0 {
+			s := ours.String()
+			t.Fatalf("credential %q logged: ...%s...", cred, s[max(0, i-200):min(len(s), i+100)])
+		}
+		if i := strings.Index(responses.String(), cred); i >= 0 {
+			s := responses.String()
+			t.Fatalf("credential %q returned by the API: ...%s...", cred, s[max(0, i-200):min(len(s), i+100)])
+		}
+	}
+	if os.Getenv("CARDSYNC_DUMP_LOG") != "" {
+		t.Log(ours.String())
+	}
+	t.Logf("searched %d log lines (%d bytes) and %d bytes of API responses for %d credentials", len(lines), len(ours.String()), responses.Len(), len(creds))
 }
