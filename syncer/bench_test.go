@@ -311,7 +311,7 @@ func publishInterleaved(b *testing.B, c *testcluster.Cluster, specs []sim.Accoun
 // and measures the time from the kill until every shard it held made progress under a
 // new owner (a flush with a moved cursor, or the task finished), on the leader's replica.
 func BenchmarkTakeover(b *testing.B) {
-	fast, lan := 20, 5
+	fast, lan := 20, 3
 	if testing.Short() {
 		fast, lan = 5, 1
 	}
@@ -323,15 +323,20 @@ func takeoverRun(b *testing.B, profile string, trials int) {
 	for i := 0; i < b.N; i++ {
 		c := testcluster.New(b, testcluster.Options{Nodes: 3, Cards: 20_000, QuotaScale: 0.25, Profile: profile})
 		c.WaitStable(60 * time.Second)
-		var took []time.Duration
+		var took, fenced []time.Duration
 		b.ResetTimer()
 		for trial := 0; trial < trials; trial++ {
-			d, held := takeoverTrial(b, c)
-			took = append(took, d)
-			b.Logf("%s trial %d: %d shards taken over in %v", profile, trial+1, held, d.Round(time.Millisecond))
+			t := takeoverTrial(b, c)
+			took = append(took, t.took)
+			fenced = append(fenced, t.fenced)
+			b.Logf("%s trial %d: %d shards fenced from the killed member after %v, progressing under new owners after %v",
+				profile, trial+1, t.shards, t.fenced.Round(time.Millisecond), t.took.Round(time.Millisecond))
 		}
 		b.StopTimer()
 		sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+		sort.Slice(fenced, func(i, j int) bool { return fenced[i] < fenced[j] })
+		b.ReportMetric(ms(percentile(fenced, 0.50)), "fenced-p50-ms")
+		b.ReportMetric(ms(percentile(fenced, 0.99)), "fenced-p99-ms")
 		b.ReportMetric(ms(percentile(took, 0.50)), "p50-ms")
 		b.ReportMetric(ms(percentile(took, 0.99)), "p99-ms")
 		b.ReportMetric(ms(took[len(took)-1]), "max-ms")
@@ -351,6 +356,14 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[min(max(i, 0), len(sorted)-1)]
 }
 
+// takeover is one trial: the time until every held shard progressed under a new owner,
+// the time until every one was fenced from the killed member (revoked or re-claimed),
+// and how many shards it held.
+type takeover struct {
+	took, fenced time.Duration
+	shards       int
+}
+
 type heldShard struct {
 	epoch  uint64
 	cursor string
@@ -359,7 +372,7 @@ type heldShard struct {
 // takeoverTrial kills one non-leader member holding running shards, waits for every one
 // of them to progress under another owner, then restarts the member and waits for the
 // cluster to be stable again.
-func takeoverTrial(b *testing.B, c *testcluster.Cluster) (time.Duration, int) {
+func takeoverTrial(b *testing.B, c *testcluster.Cluster) takeover {
 	var victim *testcluster.Member
 	held := map[string]heldShard{}
 	testcluster.WaitFor(b, 90*time.Second, "a non-leader member holding running shards", func() bool {
@@ -379,7 +392,7 @@ func takeoverTrial(b *testing.B, c *testcluster.Cluster) (time.Duration, int) {
 			}
 			clear(held)
 			for _, s := range shards {
-				if s.Owner == m.Name && s.LiveClaim(now) && s.Checkpoint.State == fsm.StateRunning {
+				if s.Owner == m.Name && s.LiveClaim(now) && s.Checkpoint.State == fsm.StateRunning && s.Checkpoint.Cursor != "" {
 					held[s.ID] = heldShard{epoch: s.Epoch, cursor: s.Checkpoint.Cursor}
 				}
 			}
@@ -392,27 +405,35 @@ func takeoverTrial(b *testing.B, c *testcluster.Cluster) (time.Duration, int) {
 	})
 	c.Kill(victim)
 	killed := time.Now()
+	var claimed time.Duration
 	testcluster.WaitFor(b, 60*time.Second, "every shard of the killed member progressing under a new owner", func() bool {
 		l := c.Leader()
 		if l == nil {
 			return false
 		}
+		allClaimed, allMoved := true, true
 		for id, h := range held {
 			s, err := l.Node().FSM().Shard(id)
 			if err != nil {
 				return false
 			}
 			moved := s.Checkpoint.Cursor != h.cursor || s.Checkpoint.State == fsm.StateDone
+			if s.Epoch <= h.epoch || s.Owner == victim.Name {
+				allClaimed = false
+			}
 			if s.Epoch <= h.epoch || !moved || s.Owner == victim.Name || !s.Checkpoint.UpdatedAt.After(killed) {
-				return false
+				allMoved = false
 			}
 		}
-		return true
+		if allClaimed && claimed == 0 {
+			claimed = time.Since(killed)
+		}
+		return allMoved
 	})
 	took := time.Since(killed)
 	c.Restart(victim)
 	c.WaitStable(60 * time.Second)
-	return took, len(held)
+	return takeover{took, claimed, len(held)}
 }
 
 // refillBacklog makes every card due again once fewer than a third of the shards have
