@@ -56,7 +56,8 @@ type FileConfig struct {
 }
 
 // AccountFile is one carrier account in the configuration file. Credentials may be given
-// inline or, better, as the name of an environment variable holding them.
+// inline or, better, as the name of an environment variable or a file (secret_file) holding
+// them. Credentials never enter the replicated state: each node reads its own.
 type AccountFile struct {
 	ID          string        `yaml:"id"`
 	Carrier     string        `yaml:"carrier"`
@@ -65,6 +66,7 @@ type AccountFile struct {
 	AppIDEnv    string        `yaml:"app_id_env"`
 	Secret      string        `yaml:"secret"`
 	SecretEnv   string        `yaml:"secret_env"`
+	SecretFile  string        `yaml:"secret_file"`
 	OpenID      string        `yaml:"open_id"`
 	CustNumber  string        `yaml:"cust_number"`
 	RatePerSec  float64       `yaml:"rate_per_sec"`
@@ -165,8 +167,13 @@ func (c *FileConfig) Validate(name string) error {
 		if a.SecretEnv != "" && os.Getenv(a.SecretEnv) == "" {
 			bad(a.line, "%s: environment variable %s (secret_env) is empty", where, a.SecretEnv)
 		}
-		if a.SecretEnv == "" && a.Secret == "" {
-			bad(a.line, "%s: secret or secret_env is required", where)
+		if a.SecretFile != "" {
+			if b, err := os.ReadFile(a.SecretFile); err != nil || strings.TrimSpace(string(b)) == "" {
+				bad(a.line, "%s: secret_file %s is unreadable or empty", where, a.SecretFile)
+			}
+		}
+		if a.SecretEnv == "" && a.Secret == "" && a.SecretFile == "" {
+			bad(a.line, "%s: secret, secret_env or secret_file is required", where)
 		}
 		if a.RatePerSec <= 0 {
 			bad(a.line, "%s: rate_per_sec must be positive", where)
@@ -218,6 +225,11 @@ func (a AccountFile) carrierConfig() carrier.AccountConfig {
 	}
 	if a.SecretEnv != "" {
 		cfg.Secret = os.Getenv(a.SecretEnv)
+	}
+	if a.SecretFile != "" {
+		if b, err := os.ReadFile(a.SecretFile); err == nil {
+			cfg.Secret = strings.TrimSpace(string(b))
+		}
 	}
 	cfg.RatePerSec = a.RatePerSec
 	if a.Burst > 0 {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -150,5 +151,32 @@ func TestCLISendsAdminToken(t *testing.T) {
 	}
 	if _, err := cli("operator", "keyring"); err == nil {
 		t.Fatal("keyring without an operation succeeded")
+	}
+}
+
+// Carrier secrets can come from a file; they stay out of the replicated account record.
+func TestAccountSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	sf := filepath.Join(dir, "secret")
+	if err := os.WriteFile(sf, []byte("file-secret-value\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	acct := func(extra string) string {
+		return "accounts:\n  - id: ol-1\n    carrier: onelink\n    endpoint: http://127.0.0.1:1\n    rate_per_sec: 5\n" + extra
+	}
+	cfg, err := ParseConfig("c.yaml", []byte(acct("    secret_file: "+sf+"\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Accounts[0].carrierConfig().Secret; got != "file-secret-value" {
+		t.Fatalf("secret from file: %q", got)
+	}
+	if b, _ := json.Marshal(cfg.Accounts[0].fsmAccount()); strings.Contains(string(b), "file-secret-value") {
+		t.Fatalf("replicated account record holds the secret: %s", b)
+	}
+	for _, bad := range []string{"    secret_file: " + filepath.Join(dir, "missing") + "\n", ""} {
+		if _, err := ParseConfig("c.yaml", []byte(acct(bad))); err == nil || !strings.Contains(err.Error(), "secret") {
+			t.Fatalf("config %q: %v", bad, err)
+		}
 	}
 }
