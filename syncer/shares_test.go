@@ -3,6 +3,9 @@ package syncer
 import (
 	"math"
 	"testing"
+	"time"
+
+	"cardsync/fsm"
 )
 
 // TestSplitShareGivesRateToSlotHolders: an account with fewer concurrency slots than
@@ -42,6 +45,40 @@ func TestSplitShareGivesRateToSlotHolders(t *testing.T) {
 			}
 			if conc > tt.conc {
 				t.Errorf("slots add up to %d, account allows %d", conc, tt.conc)
+			}
+		})
+	}
+}
+
+// TestShareWeightsFollowLiveClaims: two nodes whose rings disagree (one was cut off and
+// still sees itself alone) compute the same weights for the shards that are claimed, so
+// their shares do not both cover the same work.
+func TestShareWeightsFollowLiveClaims(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	ents := map[string]fsm.Enterprise{"e": {ID: "e", Accounts: map[string]string{"cisco": "cisco-global"}}}
+	shards := []fsm.ShardState{
+		{ID: "s1", Cards: 10, Enterprises: []string{"e"}, Owner: "a", LeaseUntil: now.Add(time.Second), Checkpoint: fsm.Checkpoint{State: fsm.StateRunning}},
+		{ID: "s2", Cards: 30, Enterprises: []string{"e"}, Owner: "b", LeaseUntil: now.Add(time.Second), Checkpoint: fsm.Checkpoint{State: fsm.StateRunning}},
+		{ID: "s3", Cards: 5, Enterprises: []string{"e"}, Owner: "b", LeaseUntil: now.Add(-time.Second), Checkpoint: fsm.Checkpoint{NextRunAt: now}},
+	}
+	tests := []struct {
+		name   string
+		owners map[string]string
+		want   map[string]float64
+	}{
+		{"a alone on its ring", map[string]string{"s1": "a", "s2": "a", "s3": "a"}, map[string]float64{"a": 15, "b": 30}},
+		{"b alone on its ring", map[string]string{"s1": "b", "s2": "b", "s3": "b"}, map[string]float64{"a": 10, "b": 35}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := shareWeights(shards, tt.owners, ents, now)["cisco-global"]
+			if len(got) != len(tt.want) {
+				t.Fatalf("weights %v, want %v", got, tt.want)
+			}
+			for o, w := range tt.want {
+				if got[o] != w {
+					t.Errorf("weights %v, want %v", got, tt.want)
+				}
 			}
 		})
 	}
