@@ -714,7 +714,10 @@ func BenchmarkRollingRestart(b *testing.B) {
 	if testing.Short() {
 		cards = 25_000
 	}
-	specs := quotaAccounts(cards)
+	// The three Chinese carriers' accounts: Cisco's single concurrent call goes to one
+	// member, and the Cisco cards of shards the other members own wait for it to move,
+	// which would time the run by share churn rather than by the restarts.
+	specs := quotaAccounts(cards)[:3]
 	for i := 0; i < b.N; i++ {
 		base := rollingRun(b, specs, false)
 		b.ResetTimer()
