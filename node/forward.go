@@ -12,8 +12,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -22,6 +24,10 @@ import (
 )
 
 var errLeaderUnreachable = errors.New("leader unreachable")
+
+// errOutcomeUnknown means a forwarded proposal reached the leader but no answer came
+// back: it may or may not have been applied, so it is not retried.
+var errOutcomeUnknown = errors.New("outcome unknown")
 
 const (
 	hdrTime      = "X-Cardsync-Time"
@@ -163,10 +169,20 @@ func (n *Node) forwardOnce(ctx context.Context, cmd []byte) (*proposeReply, erro
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
 	n.forwarder.sign(req, cmd)
+	// Once the request is written the leader may apply it even if no answer comes back:
+	// then the outcome is unknown and the proposal must not be sent again (a second claim
+	// would be refused as stale while the first one was granted).
+	var wrote atomic.Bool
+	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest: func(httptrace.WroteRequestInfo) { wrote.Store(true) },
+	}))
 	resp, err := n.forwarder.client.Do(req)
 	if err != nil {
 		// A pooled connection may be dead after the leader restarted: dial fresh next time.
 		n.forwarder.tr.CloseIdleConnections()
+		if wrote.Load() {
+			return nil, fmt.Errorf("%w: forwarded to the leader, no answer: %v", errOutcomeUnknown, err)
+		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -175,7 +191,7 @@ func (n *Node) forwardOnce(ctx context.Context, cmd []byte) (*proposeReply, erro
 	defer resp.Body.Close()
 	var rep proposeReply
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&rep); err != nil {
-		return nil, fmt.Errorf("%w: bad reply (status %d): %v", errLeaderUnreachable, resp.StatusCode, err)
+		return nil, fmt.Errorf("%w: bad reply from the leader (status %d): %v", errOutcomeUnknown, resp.StatusCode, err)
 	}
 	if rep.Code == "" && rep.Error == "" {
 		if rep.Result == nil {

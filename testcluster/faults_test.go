@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -251,5 +252,30 @@ func TestFaultsPauseCutsForwarding(t *testing.T) {
 		t.Fatalf("paused member's forwarded proposal reached the leader: %v", err)
 	}
 	c.Faults().Resume(p.Name)
+	c.WaitStable(60 * time.Second)
+}
+
+// A forwarded proposal that reached the leader but whose answer was lost has an unknown
+// outcome: the leader applied it, so the follower must report that instead of sending
+// it again (a retried claim would come back refused while the first one was granted).
+func TestForwardedProposalWithLostAnswerIsNotRetried(t *testing.T) {
+	c := New(t, Options{Nodes: 3, NoSim: true, Faults: true})
+	c.WaitStable(30 * time.Second)
+	waitVoters(t, c, 3)
+	l := c.WaitLeader(10 * time.Second)
+	p := c.Follower()
+	cmd, err := fsm.Encode(fsm.TypeSetMaintenance, fsm.SetMaintenance{On: true, Reason: "lost answer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Faults().PartitionOneWay([]string{l.Name}, []string{p.Name})
+	_, err = p.Node().Propose(Ctx(t, 10*time.Second), cmd)
+	if err == nil || !strings.Contains(err.Error(), "outcome unknown") {
+		t.Fatalf("want an unknown outcome, got %v", err)
+	}
+	if on, reason, _ := l.Node().FSM().Maintenance(); !on || reason != "lost answer" {
+		t.Fatalf("leader did not apply the proposal: %v %q", on, reason)
+	}
+	c.Faults().HealNetwork()
 	c.WaitStable(60 * time.Second)
 }
