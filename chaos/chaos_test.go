@@ -34,6 +34,9 @@ const (
 	// the ring and voter reconciliation after the last restart.
 	settle      = 8 * time.Second
 	quotaSafety = 0.97
+	// minHeal is the least time between the end of a member fault and the start of the
+	// next one; the next also waits until every member is back as a Raft voter.
+	minHeal = 3 * time.Second
 	// headroom is the part of a node's share its carrier limiter leaves unused.
 	headroom = 0.05
 )
@@ -57,6 +60,7 @@ func TestChaos(t *testing.T) {
 	nodes := envInt("CARDSYNC_CHAOS_NODES", 3)
 	runFor := time.Duration(envInt("CARDSYNC_CHAOS_SECONDS", 60)) * time.Second
 	rng := rand.New(rand.NewPCG(seed, 0xc4a05))
+	maxVoters := min(5, nodes-(1-nodes%2))
 
 	c := testcluster.New(t, testcluster.Options{
 		Nodes: nodes, Cards: 6000, QuotaScale: 1, Faults: true, BootstrapExpect: true,
@@ -77,7 +81,7 @@ func TestChaos(t *testing.T) {
 			// Keep the whole log so that it can be replayed from index 1.
 			nc.SnapshotThreshold = 1 << 40
 			nc.SnapshotInterval = time.Hour
-			nc.MaxVoters = min(5, nodes-(1-nodes%2))
+			nc.MaxVoters = maxVoters
 		},
 	})
 	c.Sim.RecordCalls(true)
@@ -112,6 +116,7 @@ func TestChaos(t *testing.T) {
 		end   func()
 	}
 	var active []nodeFault
+	var lastEnd time.Time
 	accounts := c.Sim.Accounts()
 	var carrierUntil time.Time
 	ents := c.Catalog.Enterprises
@@ -121,6 +126,7 @@ func TestChaos(t *testing.T) {
 		for _, a := range active {
 			if now.After(a.until) {
 				a.end()
+				lastEnd = time.Now()
 			} else {
 				keep = append(keep, a)
 			}
@@ -142,7 +148,7 @@ func TestChaos(t *testing.T) {
 			}
 		}
 		hold := time.Duration(2000+rng.IntN(6000)) * time.Millisecond
-		if len(active) < minority {
+		if len(active) < minority && time.Since(lastEnd) >= minHeal && healed(c, maxVoters) {
 			up := c.Up()
 			sort.Slice(up, func(i, j int) bool { return up[i].Index < up[j].Index })
 			victim := up[rng.IntN(len(up))]
@@ -356,6 +362,37 @@ func diagnoseQuota(t *testing.T, stats sim.Stats, calls []sim.CallRecord) {
 				id, time.Unix(sec.Unix, 0).Format("15:04:05"), sec.Calls, sec.Rejected, strings.Join(parts, ", "))
 		}
 	}
+}
+
+// healed reports whether every member runs and the leader's configuration has its full
+// voter count again: a restarted member that left gracefully comes back as a non-voter and is
+// promoted once caught up, and faulting another member before that would leave the
+// cluster without a quorum, which no system of this size survives.
+func healed(c *testcluster.Cluster, wantVoters int) bool {
+	l := c.Leader()
+	if l == nil {
+		return false
+	}
+	f := l.Node().Raft().GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	voters := map[string]bool{}
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			voters[string(s.ID)] = true
+		}
+	}
+	n := 0
+	for _, m := range c.Members {
+		if !m.Up() {
+			return false
+		}
+		if voters[m.Name] {
+			n++
+		}
+	}
+	return n >= wantVoters
 }
 
 type rlog struct {
