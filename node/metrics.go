@@ -3,12 +3,15 @@ package node
 import (
 	"net/http"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"cardsync/fsm"
 	"cardsync/membership"
 )
 
@@ -68,6 +71,79 @@ func (n *Node) initMetrics() {
 		c, _ := n.fsm.Counts()
 		return float64(c.Claims)
 	})
+	r.MustRegister(newShardCollector(n))
+}
+
+// shardCollector reports the shards' derived states from one read of the replicated
+// state per scrape: how many run, are due or idle, and how long the most overdue shard
+// has waited. Every node reports the same cluster-wide view (of its replica).
+type shardCollector struct {
+	n                              *Node
+	stateDesc, lagDesc, reasonDesc *prometheus.Desc
+}
+
+func newShardCollector(n *Node) *shardCollector {
+	return &shardCollector{n: n,
+		stateDesc: prometheus.NewDesc("cardsync_shards_by_state",
+			"Shards by derived state: running (live claim), due (next run reached, not running) or idle.", []string{"state"}, nil),
+		lagDesc: prometheus.NewDesc("cardsync_shard_due_lag_seconds",
+			"Seconds the most overdue shard has been due without running (0 when none is waiting).", nil, nil),
+		reasonDesc: prometheus.NewDesc("cardsync_shards_waiting",
+			"Due shards that are not running, by why not (maintenance, group_busy, no_ring_owner, waiting_for_owner, other).", []string{"reason"}, nil),
+	}
+}
+
+func (c *shardCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.stateDesc
+	ch <- c.lagDesc
+	ch <- c.reasonDesc
+}
+
+func (c *shardCollector) Collect(ch chan<- prometheus.Metric) {
+	now := time.Now()
+	views, err := c.n.ShardViews(fsm.ShardFilter{}, "", now)
+	if err != nil {
+		return
+	}
+	states := map[string]float64{"running": 0, "due": 0, "idle": 0}
+	reasons := map[string]float64{"maintenance": 0, "group_busy": 0, "no_ring_owner": 0, "waiting_for_owner": 0, "other": 0}
+	var lag time.Duration
+	for _, v := range views {
+		switch {
+		case v.Running:
+			states["running"]++
+		case v.Due:
+			states["due"]++
+			reasons[waitingReason(v.Reason)]++
+			if d := now.Sub(v.Checkpoint.NextRunAt); v.Checkpoint.State != "running" && d > lag {
+				lag = d
+			}
+		default:
+			states["idle"]++
+		}
+	}
+	for s, v := range states {
+		ch <- prometheus.MustNewConstMetric(c.stateDesc, prometheus.GaugeValue, v, s)
+	}
+	for r, v := range reasons {
+		ch <- prometheus.MustNewConstMetric(c.reasonDesc, prometheus.GaugeValue, v, r)
+	}
+	ch <- prometheus.MustNewConstMetric(c.lagDesc, prometheus.GaugeValue, lag.Seconds())
+}
+
+// waitingReason maps a shard view's reason to a bounded label value.
+func waitingReason(reason string) string {
+	switch {
+	case reason == "maintenance":
+		return "maintenance"
+	case strings.HasPrefix(reason, "group busy"):
+		return "group_busy"
+	case strings.HasPrefix(reason, "no ready member"):
+		return "no_ring_owner"
+	case strings.HasPrefix(reason, "due: waiting for"):
+		return "waiting_for_owner"
+	}
+	return "other"
 }
 
 func (n *Node) metricsHandler() http.Handler {
