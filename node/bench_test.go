@@ -109,4 +109,3 @@ loop:
 		b.Errorf("%d false deaths in %v idle", deaths, d)
 	}
 }
-
