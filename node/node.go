@@ -408,7 +408,17 @@ func (n *Node) applyLocal(ctx context.Context, cmd []byte) (*fsm.Result, uint64,
 		}
 	}
 	f := n.raft.Apply(stamped, timeout)
-	if err := f.Error(); err != nil {
+	// A future still queued in Raft's apply channel when Raft shuts down is never
+	// answered: wait for it only while the node runs.
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-n.ctx.Done():
+		return nil, 0, fmt.Errorf("outcome unknown: %w", ErrShutdown)
+	}
+	if err != nil {
 		if errors.Is(err, raft.ErrLeadershipLost) {
 			return nil, 0, fmt.Errorf("outcome unknown: %w", err)
 		}
