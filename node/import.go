@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
 	"strings"
 	"time"
 
@@ -143,7 +144,9 @@ func ParseImport(r io.Reader, format string) ([]fsm.CardImport, []int, error) {
 		return nil, nil, fmt.Errorf("%w: unknown format %q (csv or ndjson)", ErrImportInvalid, format)
 	}
 	if len(lineErrs) > 0 {
-		return nil, nil, &ImportError{Lines: lineErrs}
+		// The well-formed cards come back too, so callers can report every problem of
+		// the request at once; nothing may be applied.
+		return cards, lines, &ImportError{Lines: lineErrs}
 	}
 	return cards, lines, nil
 }
@@ -231,9 +234,18 @@ func (n *Node) handleImport(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("import body larger than %d bytes: split the file", MaxImportBytes))
 		return
 	}
+	lineOf := func(i int) int {
+		if i < len(srcLines) {
+			return srcLines[i]
+		}
+		return i + 1
+	}
 	var ie *ImportError
 	if errors.As(err, &ie) {
-		writeImportError(w, ie)
+		// Report the format errors together with what is wrong with the well-formed lines.
+		all := append(ie.Lines, n.ValidateImport(cards, lineOf)...)
+		sort.SliceStable(all, func(i, j int) bool { return all[i].Line < all[j].Line })
+		writeImportError(w, &ImportError{Lines: all})
 		return
 	}
 	if err != nil {
@@ -246,12 +258,6 @@ func (n *Node) handleImport(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Minute)
 	defer cancel()
-	lineOf := func(i int) int {
-		if i < len(srcLines) {
-			return srcLines[i]
-		}
-		return i + 1
-	}
 	start := time.Now()
 	added, updated, err := n.Import(ctx, cards, lineOf, nil)
 	if errors.As(err, &ie) {
