@@ -23,6 +23,7 @@ func (n *Node) startMembership() error {
 	mcfg.SecretKey = n.cfg.GossipKey
 	mcfg.Transport = n.cfg.GossipTransport
 	mcfg.Logger = n.gossipLogger()
+	mcfg.DeadNodeReclaimTime = deadNodeReclaimTime(n.cfg.Profile)
 	mcfg.Meta = membership.Meta{
 		RaftAddr:        n.raftAddr,
 		HTTPAddr:        n.httpLn.Addr().String(),
@@ -35,6 +36,18 @@ func (n *Node) startMembership() error {
 	}
 	n.members = m
 	return nil
+}
+
+// deadNodeReclaimTime is how long a member must have been declared dead before its name
+// is accepted from a new address. A node's name is kept in its data dir, so the same name
+// at another address is that node restarted (new ports, a rescheduled container), not an
+// impostor; until gossip accepts it, the leader cannot learn its new Raft address and the
+// cluster runs a voter short. Waiting a moment past the dead declaration is enough.
+func deadNodeReclaimTime(profile string) time.Duration {
+	if profile == membership.ProfileFast {
+		return time.Second
+	}
+	return 5 * time.Second
 }
 
 func (n *Node) joinLoop(ctx context.Context) {
