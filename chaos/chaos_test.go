@@ -377,18 +377,21 @@ func healed(c *testcluster.Cluster, wantVoters int) bool {
 	if f.Error() != nil {
 		return false
 	}
-	voters := map[string]bool{}
+	// A voter counts only at the Raft address its member listens on now: a restarted
+	// member still listed at its old address is not back yet.
+	voters := map[string]string{}
 	for _, s := range f.Configuration().Servers {
 		if s.Suffrage == raft.Voter {
-			voters[string(s.ID)] = true
+			voters[string(s.ID)] = string(s.Address)
 		}
 	}
 	n := 0
 	for _, m := range c.Members {
-		if !m.Up() {
+		nd := m.Node()
+		if !m.Up() || nd == nil {
 			return false
 		}
-		if voters[m.Name] {
+		if addr, ok := voters[m.Name]; ok && addr == nd.RaftAddr() {
 			n++
 		}
 	}
