@@ -198,6 +198,21 @@ func TestLinearizable(t *testing.T) {
 	back := append(append([]Op{}, good[:3]...),
 		op("a", 60, 65, &fsm.Flush{Shard: "s", Node: "a", Epoch: 1, TaskID: 1, Cursor: "A0"}, &fsm.Result{Epoch: 1, TaskID: 1}, nil))
 	expect(t, "cursor back acknowledged", Linearizable(back, groups, 10*time.Second), 1, "shard s")
+
+	// A claim that starts the task in the same entry: the task counts from the claim on,
+	// and a running task is not started again by the next claim.
+	startGood := []Op{
+		op("a", 0, 10, &fsm.Claim{Shard: "s", Node: "a", Epoch: 0, StartTask: true}, &fsm.Result{Epoch: 1, TaskID: 1}, nil),
+		op("a", 20, 30, &fsm.Flush{Shard: "s", Node: "a", Epoch: 1, TaskID: 1, Cursor: "A1"}, &fsm.Result{Epoch: 1, TaskID: 1}, nil),
+		op("a", 40, 50, &fsm.Claim{Shard: "s", Node: "a", Epoch: 1, StartTask: true}, &fsm.Result{Epoch: 2, TaskID: 1}, nil),
+		op("a", 60, 70, &fsm.Flush{Shard: "s", Node: "a", Epoch: 2, TaskID: 1, Cursor: "A2", Done: true}, &fsm.Result{Epoch: 2, TaskID: 1}, nil),
+		op("a", 80, 90, &fsm.Claim{Shard: "s", Node: "a", Epoch: 2, StartTask: true}, &fsm.Result{Epoch: 3, TaskID: 2}, nil),
+		op("a", 100, 110, &fsm.Flush{Shard: "s", Node: "a", Epoch: 3, TaskID: 2, Cursor: "B1"}, &fsm.Result{Epoch: 3, TaskID: 2}, nil),
+	}
+	expect(t, "claim starts the task", Linearizable(startGood, groups, 10*time.Second), 0, "")
+	restarted := append(append([]Op{}, startGood[:2]...),
+		op("a", 40, 50, &fsm.Claim{Shard: "s", Node: "a", Epoch: 1, StartTask: true}, &fsm.Result{Epoch: 2, TaskID: 2}, nil))
+	expect(t, "running task started again by a claim", Linearizable(restarted, groups, 10*time.Second), 1, "shard s")
 }
 
 func TestRunReport(t *testing.T) {

@@ -39,6 +39,8 @@ type lin struct {
 	release bool
 	newTask bool
 	setCur  *string
+	// start: a claim that also starts a new task when the shard has none running.
+	start bool
 }
 
 type lout struct {
@@ -73,6 +75,14 @@ func stepShard(s lstate, in lin, out lout) []lstate {
 			n := s
 			n.Epoch++
 			n.Owner = in.node
+			if in.start && !n.Running {
+				n.Task++
+				n.Running = true
+				n.Cursor = ""
+			}
+			if out.ok && out.task != 0 && out.task != n.Task {
+				return s, false
+			}
 			return n, true
 		}
 		rejectOK = func() bool {
@@ -233,7 +243,7 @@ func linOps(ops []Op, groups map[string]int) map[string][]linOp {
 		}
 		switch p := op.Payload.(type) {
 		case *fsm.Claim:
-			add(p.Shard, lin{kind: fsm.TypeClaim, node: p.Node, epoch: p.Epoch})
+			add(p.Shard, lin{kind: fsm.TypeClaim, node: p.Node, epoch: p.Epoch, start: p.StartTask})
 			if g, ok := groups[p.Shard]; ok {
 				for _, id := range byGroup[g] {
 					if id != p.Shard {
