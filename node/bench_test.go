@@ -1,12 +1,16 @@
 package node_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
 
+	"cardsync/fsm"
 	"cardsync/membership"
 	"cardsync/testcluster"
 )
@@ -108,4 +112,62 @@ loop:
 	if deaths > 0 {
 		b.Errorf("%d false deaths in %v idle", deaths, d)
 	}
+}
+
+// BenchmarkImport posts a bulk import of 1,000,000 cards (100,000 with -short) as CSV to a
+// follower of a 3-node cluster and measures the time until the import is applied.
+func BenchmarkImport(b *testing.B) {
+	total := 1_000_000
+	if testing.Short() {
+		total = 100_000
+	}
+	c := testcluster.New(b, testcluster.Options{Nodes: 3, NoSim: true})
+	c.WaitStable(60 * time.Second)
+	leader := c.WaitLeader(10 * time.Second)
+	ctx := testcluster.Ctx(b, 10*time.Minute)
+	const ents = 200
+	for i := 0; i < 4; i++ {
+		cmd, _ := fsm.Encode(fsm.TypeUpsertAccount, fsm.UpsertAccount{Account: fsm.Account{ID: fmt.Sprintf("acct-%d", i), Carrier: "onelink", TTL: time.Hour, RatePerSec: 10, Burst: 1, Concurrency: 1, BatchSize: 100, CredentialsValid: true}})
+		if _, err := leader.Node().Propose(ctx, cmd); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for e := 0; e < ents; e++ {
+		cmd, _ := fsm.Encode(fsm.TypeUpsertEnterprise, fsm.UpsertEnterprise{ID: fmt.Sprintf("ent-%03d", e), Accounts: map[string]string{"onelink": fmt.Sprintf("acct-%d", e%4)}, InventoryReady: true})
+		if _, err := leader.Node().Propose(ctx, cmd); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var body bytes.Buffer
+	body.WriteString("enterprise,iccid,account,msisdn,imsi\n")
+	for i := 0; i < total; i++ {
+		e := i % ents
+		fmt.Fprintf(&body, "ent-%03d,8986%016d,acct-%d,14%011d,460%012d\n", e, i, e%4, i, i)
+	}
+	target := c.Follower()
+	if target == nil {
+		target = leader
+	}
+	b.ResetTimer()
+	start := time.Now()
+	resp, err := http.Post("http://"+target.Node().HTTPAddr()+"/v1/cards?format=csv", "text/csv", &body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("import: %d %s", resp.StatusCode, out)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	for _, m := range c.Members {
+		testcluster.WaitFor(b, 2*time.Minute, "every replica has the cards", func() bool {
+			cnt, err := m.Node().FSM().Counts()
+			return err == nil && cnt.Cards == total
+		})
+	}
+	b.ReportMetric(elapsed.Seconds(), "seconds")
+	b.ReportMetric(float64(total)/elapsed.Seconds(), "cards/s")
+	b.ReportMetric(float64(total), "cards")
 }
