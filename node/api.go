@@ -55,6 +55,7 @@ func (n *Node) dataRoutes() {
 	m.HandleFunc("POST /v1/drain", n.handleDrain)
 	m.HandleFunc("POST /v1/operator/raft/remove-peer", n.handleRemovePeer)
 	m.HandleFunc("GET /v1/backup", n.handleBackup)
+	m.HandleFunc("POST /v1/restore", n.handleRestore)
 }
 
 // ProposeEncoded encodes a command payload and proposes it.

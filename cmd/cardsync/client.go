@@ -98,7 +98,7 @@ func runClient(ctx context.Context, cmd string, args []string, stdout, stderr io
 		after                        *uint64
 		follow                       *bool
 		cursor, nextRun, format, why *string
-		newTask                      *bool
+		newTask, force               *bool
 	)
 	switch cmd {
 	case "shards":
@@ -120,6 +120,8 @@ func runClient(ctx context.Context, cmd string, args []string, stdout, stderr io
 		newTask = fs.Bool("new-task", false, "end the current task so the next round starts a new one")
 	case "import":
 		format = fs.String("format", "", "csv or ndjson (default: by file extension)")
+	case "restore":
+		force = fs.Bool("force", false, "restore even though the cluster already holds cards")
 	case "maintenance", "release":
 		why = fs.String("reason", "", "reason recorded with the change")
 	}
@@ -368,6 +370,24 @@ func runClient(ctx context.Context, cmd string, args []string, stdout, stderr io
 				return nil
 			}
 		}
+	case "restore":
+		if err := need(1, "FILE"); err != nil {
+			return err
+		}
+		f, err := os.Open(pos[0])
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		path := "/v1/restore"
+		if *force {
+			path += "?force=true"
+		}
+		var r map[string]any
+		if err := c.do(ctx, http.MethodPost, path, f, "application/octet-stream", &r); err != nil {
+			return err
+		}
+		return printJSON(r)
 	case "backup":
 		if err := need(1, "FILE"); err != nil {
 			return err

@@ -34,6 +34,7 @@ Usage:
   cardsync drain on|off           move this node's shards to the others
   cardsync changes [-after SEQ] [-follow]
   cardsync backup FILE            download a consistent backup of the replicated state
+  cardsync restore FILE [-force]  replace a (new) cluster's replicated state with a backup (send to the leader)
 
 Client commands talk to -http-addr (default $CARDSYNC_HTTP_ADDR or 127.0.0.1:8700), send
 -token (default $CARDSYNC_ADMIN_TOKEN) as a bearer token, and use https with -tls-ca
