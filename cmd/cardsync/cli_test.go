@@ -188,3 +188,47 @@ func TestFlagsOverrideConfigFile(t *testing.T) {
 		t.Fatalf("merged config: name %q http %q profile %q", o.node.Name, o.node.HTTPAddr, o.node.Profile)
 	}
 }
+
+func TestCLIWebhooks(t *testing.T) {
+	c := testcluster.New(t, testcluster.Options{Nodes: 1, NoSim: true})
+	c.WaitStable(30 * time.Second)
+	addr := c.Members[0].Node().HTTPAddr()
+	var out string
+	var err error
+	run2 := func(args ...string) {
+		t.Helper()
+		var o, e bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		err = run(ctx, append([]string{"webhooks", "-http-addr", addr}, args...), &o, &e)
+		out = o.String() + e.String()
+	}
+	run2("add", "-id", "crm", "-url", "http://127.0.0.1:9/hook", "-kinds", "status", "-secret", "s3cret")
+	if err != nil {
+		t.Fatalf("add: %v\n%s", err, out)
+	}
+	run2("list")
+	if err != nil || !strings.Contains(out, "crm") || !strings.Contains(out, "http://127.0.0.1:9/hook") || strings.Contains(out, "s3cret") {
+		t.Fatalf("list: %v\n%s", err, out)
+	}
+	run2("pause", "crm")
+	if err != nil {
+		t.Fatalf("pause: %v\n%s", err, out)
+	}
+	run2("list")
+	if !strings.Contains(out, "yes") {
+		t.Fatalf("paused webhook not shown as paused:\n%s", out)
+	}
+	run2("resume", "crm")
+	if err != nil {
+		t.Fatalf("resume: %v\n%s", err, out)
+	}
+	run2("delete", "crm")
+	if err != nil {
+		t.Fatalf("delete: %v\n%s", err, out)
+	}
+	run2("delete", "crm")
+	if err == nil {
+		t.Fatal("deleting a missing webhook succeeded")
+	}
+}

@@ -128,7 +128,7 @@ func runClient(ctx context.Context, cmd string, args []string, stdout, stderr io
 	// Allow flags after positional arguments (cardsync card ICCID -http-addr X).
 	var pos []string
 	rest := args
-	for {
+	for cmd != "webhooks" { // webhooks parses its own flags after the subcommand
 		if err := fs.Parse(rest); err != nil {
 			return err
 		}
@@ -142,6 +142,12 @@ func runClient(ctx context.Context, cmd string, args []string, stdout, stderr io
 	scheme, err := sec.secureClient(hc)
 	if err != nil {
 		return err
+	}
+	if cmd == "webhooks" {
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		pos = fs.Args()
 	}
 	base := *addr
 	if !strings.Contains(base, "://") {
@@ -157,6 +163,8 @@ func runClient(ctx context.Context, cmd string, args []string, stdout, stderr io
 	printJSON := func(v any) error { return jsonEncoder(stdout).Encode(v) }
 
 	switch cmd {
+	case "webhooks":
+		return runWebhooks(ctx, c, pos, stdout, stderr)
 	case "status":
 		var s map[string]any
 		if err := c.get(ctx, "/v1/status", &s); err != nil {

@@ -33,6 +33,7 @@ Usage:
   cardsync maintenance on|off [-reason R]
   cardsync drain on|off           move this node's shards to the others
   cardsync changes [-after SEQ] [-follow]
+  cardsync webhooks [list | add -id ID -url URL ... | delete ID | pause ID | resume ID]
   cardsync backup FILE            download a consistent backup of the replicated state
   cardsync restore FILE [-force]  replace a (new) cluster's replicated state with a backup (send to the leader)
 
