@@ -130,6 +130,7 @@ func (a *Account) SetShare(ratePerSec float64, burst, concurrency int) {
 		concurrency = 0
 	}
 	a.mu.Lock()
+	gaining := (a.shareRate <= 0 || a.shareConc <= 0) && ratePerSec > 0 && concurrency > 0
 	a.shareRate, a.shareBurst, a.shareConc = ratePerSec, burst, concurrency
 	eff := ratePerSec * (1 - a.cfg.Headroom)
 	if eff < 0 {
@@ -139,8 +140,16 @@ func (a *Account) SetShare(ratePerSec float64, burst, concurrency int) {
 	if effBurst > 1 {
 		effBurst--
 	}
-	a.limiter.SetLimit(rate.Limit(eff))
-	a.limiter.SetBurst(effBurst)
+	now := time.Now()
+	a.limiter.SetLimitAt(now, rate.Limit(eff))
+	a.limiter.SetBurstAt(now, effBurst)
+	if gaining {
+		// A node that had no share starts with an empty bucket: the tokens it saved
+		// while idle belong to the quota the other nodes were using.
+		if tok := a.limiter.TokensAt(now); tok >= 1 {
+			a.limiter.AllowN(now, int(tok))
+		}
+	}
 	a.broadcastLocked()
 	a.mu.Unlock()
 }

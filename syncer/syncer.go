@@ -463,9 +463,10 @@ func (s *Syncer) phaseShare(id string, target Share, now time.Time) Share {
 }
 
 // shareGrace is how long a share increase waits: two poll intervals (every node has
-// recomputed its own share by then) plus time for in-flight calls to end.
+// recomputed its own share by then) plus a second for the members' rings to agree again
+// after a membership change and for in-flight calls to end.
 func (s *Syncer) shareGrace() time.Duration {
-	return 2*s.cfg.PollInterval + 250*time.Millisecond
+	return 2*s.cfg.PollInterval + time.Second
 }
 
 type timedShare struct {
