@@ -24,7 +24,7 @@ test:
 	$(GO) test -count=1 -timeout 9m ./...
 
 race:
-	$(GO) test -count=1 -race -timeout 15m $(RACE_PKGS)
+	$(GO) test -count=1 -race -timeout 40m $(RACE_PKGS)
 
 vet:
 	$(GO) vet ./...
