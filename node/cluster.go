@@ -212,10 +212,12 @@ func (n *Node) leaderLoop(ctx context.Context) {
 			continue
 		}
 		lastFull = time.Now()
+		// Revocation first: it is what lets the survivors take a dead member's shards, and
+		// a Raft configuration change in reconcile can take a while to commit.
+		n.revokeDeparted(ctx)
 		if err := n.reconcile(ctx); err != nil && ctx.Err() == nil {
 			n.logger.Warn("reconcile", "error", err)
 		}
-		n.revokeDeparted(ctx)
 	}
 }
 
