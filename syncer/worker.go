@@ -287,8 +287,9 @@ func (w *worker) query(ctx context.Context, b *batch) (ok bool, reason string, n
 		iccids[i] = c.ICCID
 	}
 	// The call gets its own deadline within the lease so a stuck carrier cannot outlive
-	// the claim.
-	cctx, cancel := context.WithTimeout(ctx, s.cfg.Lease/2)
+	// the claim. It is not cut short when the node stops: a call the carrier has answered
+	// is flushed instead of being thrown away and fetched again by the next owner.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Lease/2)
 	results, callErr := acct.Query(cctx, iccids)
 	cancel()
 	kind := carrier.KindOf(callErr)
