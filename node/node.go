@@ -320,6 +320,19 @@ func (n *Node) Leader() (name, addr string) {
 	return string(id), string(a)
 }
 
+// LeaderContact is how long since this node last heard from the Raft leader; 0 on the
+// leader while it leads.
+func (n *Node) LeaderContact() time.Duration {
+	if n.raft.State() == raft.Leader {
+		return 0
+	}
+	last := n.raft.LastContact()
+	if last.IsZero() {
+		return time.Hour
+	}
+	return time.Since(last)
+}
+
 // Ready reports whether the node has a leader and has applied the log up to the commit
 // index it knows: only ready nodes are on the hash ring.
 func (n *Node) Ready() bool { return n.ready.Load() }

@@ -38,6 +38,9 @@ type Cluster interface {
 	Ring() *membership.Ring
 	RingChanges() <-chan struct{}
 	Ready() bool
+	// LeaderContact is how long since this node last heard from the Raft leader (0 on
+	// the leader itself).
+	LeaderContact() time.Duration
 }
 
 // Account is a carrier account client behind this node's limiter (see carrier.Account).
@@ -388,6 +391,13 @@ func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string,
 			rate *= s.cfg.QuotaSafety
 		}
 		sh := splitShare(me, fracs, rate, q.Burst, q.Concurrency)
+		if s.cfg.ShareQuota && s.cluster.LeaderContact() > s.contactLimit() {
+			// Cut off from the leader (partitioned, or paused and not yet aware of it),
+			// this node's view of the ring and the claims may be stale and could make it
+			// believe it is alone: it gives up its share until it is back in contact, and
+			// then waits the grace period like any node gaining a share.
+			sh = Share{Fraction: sh.Fraction}
+		}
 		sh.Account = id
 		next[id] = s.phaseShare(id, sh, now)
 		if old, ok := s.shares[id]; !ok || old != next[id] {
@@ -460,6 +470,11 @@ func (s *Syncer) phaseShare(id string, target Share, now time.Time) Share {
 		out.RatePerSec, out.Burst, out.Concurrency = 0, 0, 0
 	}
 	return out
+}
+
+// contactLimit is how long without news from the Raft leader a node keeps its quota share.
+func (s *Syncer) contactLimit() time.Duration {
+	return max(2*s.cfg.PollInterval, time.Second)
 }
 
 // shareGrace is how long a share increase waits: two poll intervals (every node has
