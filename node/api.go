@@ -93,15 +93,8 @@ func (n *Node) handleCard(w http.ResponseWriter, r *http.Request) {
 }
 
 func fsmICCID(s string) bool {
-	if len(s) < 19 || len(s) > 20 {
-		return false
-	}
-	for _, c := range s {
-		if (c < '0' || c > '9') && (c < 'A' || c > 'F') {
-			return false
-		}
-	}
-	return true
+	n, err := fsm.NormalizeICCID(s)
+	return err == nil && n == s
 }
 
 func queryInt(r *http.Request, key string, def, max int) (int, error) {

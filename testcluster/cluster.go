@@ -298,17 +298,7 @@ func (c *Cluster) Restart(m *Member) {
 	if m.Up() {
 		c.T.Fatalf("restart %s: still running", m.Name)
 	}
-	cfg := c.config(m, c.liveSeeds(m))
-	cfg.Node.Dev = false
-	cfg.Node.BootstrapExpect = 0
-	a, err := agent.Start(cfg)
-	if err != nil {
-		c.T.Fatalf("restart %s: %v", m.Name, err)
-	}
-	m.mu.Lock()
-	m.agent = a
-	m.mu.Unlock()
-	c.started(m)
+	c.join(m, "restart")
 }
 
 // Add starts a new member that joins the running ones.
@@ -319,18 +309,24 @@ func (c *Cluster) Add() *Member {
 	m.Dir = filepath.Join(c.dir, m.Name)
 	c.Members = append(c.Members, m)
 	c.mu.Unlock()
+	c.join(m, "add")
+	return m
+}
+
+// join starts m so that it joins the running members (never bootstrapping).
+func (c *Cluster) join(m *Member, what string) {
+	c.T.Helper()
 	cfg := c.config(m, c.liveSeeds(m))
 	cfg.Node.Dev = false
 	cfg.Node.BootstrapExpect = 0
 	a, err := agent.Start(cfg)
 	if err != nil {
-		c.T.Fatalf("add %s: %v", m.Name, err)
+		c.T.Fatalf("%s %s: %v", what, m.Name, err)
 	}
 	m.mu.Lock()
 	m.agent = a
 	m.mu.Unlock()
 	c.started(m)
-	return m
 }
 
 // Close stops every member and the simulator.
