@@ -23,8 +23,11 @@ run: build
 test:
 	$(GO) test -count=1 -timeout 9m ./...
 
+## race: the concurrent packages under the race detector, one package at a time (the
+## detector slows the integration clusters several-fold; two packages' clusters at once on
+## a 2-core machine starve each other's heartbeats)
 race:
-	$(GO) test -count=1 -race -timeout 40m $(RACE_PKGS)
+	$(GO) test -count=1 -race -p 1 -timeout 40m $(RACE_PKGS)
 
 vet:
 	$(GO) vet ./...

@@ -348,10 +348,21 @@ func (n *Node) Propose(ctx context.Context, cmd []byte) (res *fsm.Result, err er
 	if _, err := fsm.Decode(cmd); err != nil {
 		return nil, err
 	}
+	// Retryable failures (no leader yet, leadership moving) are retried with a capped
+	// backoff until ctx ends, or for proposeRetryWindow when ctx has no deadline: a write
+	// issued during an election waits for the new leader instead of failing.
+	retryUntil := time.Now().Add(proposeRetryWindow)
+	if dl, ok := ctx.Deadline(); ok {
+		retryUntil = dl
+	}
 	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
+	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
-			t := time.NewTimer(time.Duration(attempt*attempt) * 100 * time.Millisecond)
+			backoff := min(time.Duration(attempt*attempt)*100*time.Millisecond, time.Second)
+			if !time.Now().Add(backoff).Before(retryUntil) {
+				return nil, lastErr
+			}
+			t := time.NewTimer(backoff)
 			select {
 			case <-ctx.Done():
 				t.Stop()
@@ -381,8 +392,10 @@ func (n *Node) Propose(ctx context.Context, cmd []byte) (res *fsm.Result, err er
 		}
 		lastErr = err
 	}
-	return nil, lastErr
 }
+
+// proposeRetryWindow bounds the retries of a proposal whose context has no deadline.
+const proposeRetryWindow = 15 * time.Second
 
 func retryable(err error) bool {
 	return errors.Is(err, raft.ErrNotLeader) || errors.Is(err, ErrNoLeader) ||

@@ -201,14 +201,21 @@ func TestClaim4_ProcessingConditionNoOtherInstance(t *testing.T) {
 		return cnt.Cards > 0
 	})
 	// Another instance holds one shard; the syncer must leave it alone while the claim lives.
+	// The node is drained first (off the ring, so it claims nothing and hands back what it
+	// holds), which gives the ghost an unowned shard without racing the syncer for it.
 	ctx := testcluster.Ctx(t, 30*time.Second)
+	if err := n.Drain(true); err != nil {
+		t.Fatal(err)
+	}
 	var held fsm.ShardState
-	testcluster.WaitFor(t, 20*time.Second, "a shard claimed by a ghost instance", func() bool {
+	testcluster.WaitFor(t, 30*time.Second, "a shard claimed by a ghost instance", func() bool {
 		shards, _ := n.FSM().Shards(fsm.ShardFilter{})
 		for _, s := range shards {
-			if s.Owner != "" || s.Checkpoint.TaskID > 0 {
-				continue
+			if s.Owner != "" {
+				return false // the drained node has not handed everything back yet
 			}
+		}
+		for _, s := range shards {
 			res, err := n.ProposeEncoded(ctx, fsm.TypeClaim, fsm.Claim{Shard: s.ID, Node: "ghost", Epoch: s.Epoch, Lease: time.Hour})
 			if err == nil {
 				held = s
@@ -218,6 +225,9 @@ func TestClaim4_ProcessingConditionNoOtherInstance(t *testing.T) {
 		}
 		return false
 	})
+	if err := n.Drain(false); err != nil {
+		t.Fatal(err)
+	}
 	testcluster.WaitFor(t, 60*time.Second, "all other shards done", func() bool {
 		shards, _ := n.FSM().Shards(fsm.ShardFilter{})
 		for _, s := range shards {
@@ -228,8 +238,8 @@ func TestClaim4_ProcessingConditionNoOtherInstance(t *testing.T) {
 		return true
 	})
 	s, _ := n.FSM().Shard(held.ID)
-	if s.Owner != "ghost" || s.Checkpoint.TaskID != 0 {
-		t.Fatalf("shard held by another instance was processed: %+v", s)
+	if s.Owner != "ghost" || s.Checkpoint.TaskID != held.Checkpoint.TaskID {
+		t.Fatalf("shard held by another instance was processed: %+v (task %d when the ghost took it)", s, held.Checkpoint.TaskID)
 	}
 	views, _ := n.ShardViews(fsm.ShardFilter{}, "", time.Now())
 	for _, v := range views {
