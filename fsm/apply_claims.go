@@ -1,6 +1,9 @@
 package fsm
 
-import "fmt"
+import (
+	"encoding/binary"
+	"fmt"
+)
 
 // checkEpoch is the fencing rule shared by the epoch-guarded commands.
 func checkEpoch(id string, s *shardRec, epoch uint64) error {
@@ -85,6 +88,10 @@ func (a *applier) claim(p *Claim) (*Result, error) {
 		beginTask(s, p.DepVersion, a.now)
 	}
 	if err := a.claims.Put(joinKey(p.Node, p.Shard), nil); err != nil {
+		return nil, err
+	}
+	// A granted claim takes the node back after a revocation.
+	if err := a.meta.Delete(revokedKey(p.Node)); err != nil {
 		return nil, err
 	}
 	if err := a.putGroup(s.Group, &groupRec{OpenN: gr.OpenN, Claimed: p.Shard}); err != nil {
@@ -186,6 +193,14 @@ func (a *applier) revokeNode(p *RevokeNode) (*Result, error) {
 		if err := a.putShard(id, s); err != nil {
 			return nil, err
 		}
+	}
+	// Mark the node revoked until the leader grants it a claim again: the node itself
+	// may still believe it is a member (a one-way partition lets it hear the leader
+	// while the others have declared it dead), and the mark tells it otherwise.
+	var at [8]byte
+	binary.BigEndian.PutUint64(at[:], uint64(a.now))
+	if err := a.meta.Put(revokedKey(p.Node), a.keep(at[:])); err != nil {
+		return nil, err
 	}
 	return &Result{Updated: len(ids), Message: fmt.Sprintf("%d claims of %s revoked", len(ids), p.Node)}, nil
 }

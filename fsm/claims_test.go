@@ -210,6 +210,19 @@ func TestRevokeNodeFencesOwner(t *testing.T) {
 		t.Fatalf("task %d after takeover", r.TaskID)
 	}
 	h.ok(Flush{Shard: s, Node: "n3", Epoch: r.Epoch, TaskID: r.TaskID, Cursor: iccid(0)})
+
+	// n1 stays marked revoked until it is granted a claim again; n2 never was.
+	if _, rev, err := h.f.Revoked("n1"); err != nil || !rev {
+		t.Fatalf("n1 revoked = %v, %v", rev, err)
+	}
+	if _, rev, _ := h.f.Revoked("n2"); rev {
+		t.Fatal("n2 marked revoked")
+	}
+	st = h.shard(shards[1])
+	h.ok(Claim{Shard: shards[1], Node: "n1", Epoch: st.Epoch, Lease: time.Minute})
+	if _, rev, _ := h.f.Revoked("n1"); rev {
+		t.Fatal("n1 still marked revoked after a granted claim")
+	}
 }
 
 func TestForceReleaseAndSetCheckpoint(t *testing.T) {

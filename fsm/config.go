@@ -3,6 +3,7 @@ package fsm
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Defaults used by DefaultConfig and for zero-valued fields passed to Open.
@@ -10,14 +11,28 @@ const (
 	DefaultHistoryPerShard = 20
 	DefaultChangeRetention = 100000
 	DefaultMmapSize        = 1 << 30
+	// DefaultSyncInterval is how often DefaultConfig's deferred sync fsyncs the file.
+	DefaultSyncInterval = 100 * time.Millisecond
 )
 
 // Config configures an FSM.
 type Config struct {
 	// Path is the bbolt file holding the whole state.
 	Path string
-	// NoSync skips fsync on commit. Unsafe: for tests only.
+	// NoSync never fsyncs the file and keeps no marker. Unsafe: for tests only.
 	NoSync bool
+	// SyncInterval selects how the file is made durable. Above zero ("deferred sync"),
+	// commits do not fsync; a background goroutine fsyncs the file every SyncInterval
+	// when something was committed since the last sync, and Snapshot, Restore and Close
+	// sync first. A marker file beside the database tells a stopped process (its writes
+	// are in the page cache) from an OS crash or power loss (they may be lost or torn);
+	// after the latter Open moves the file aside and starts empty (see Rebuilt). Zero
+	// fsyncs every commit, as does a platform without a kernel boot id. Unlike the other
+	// tunables, zero is not replaced by the default.
+	SyncInterval time.Duration
+	// BootID returns an identifier of the running kernel boot; nil reads
+	// /proc/sys/kernel/random/boot_id. When it fails, the FSM fsyncs every commit.
+	BootID func() (string, error)
 	// HistoryPerShard bounds the finished rounds kept per shard (0 means the default).
 	HistoryPerShard int
 	// ChangeRetention bounds the change events kept (0 means the default).
@@ -33,6 +48,7 @@ func DefaultConfig() Config {
 		HistoryPerShard: DefaultHistoryPerShard,
 		ChangeRetention: DefaultChangeRetention,
 		MmapSize:        DefaultMmapSize,
+		SyncInterval:    DefaultSyncInterval,
 	}
 }
 
@@ -50,6 +66,9 @@ func (c Config) Validate() error {
 	}
 	if c.MmapSize < 0 {
 		errs = append(errs, fmt.Errorf("mmap size %d is negative", c.MmapSize))
+	}
+	if c.SyncInterval < 0 {
+		errs = append(errs, fmt.Errorf("sync interval %v is negative", c.SyncInterval))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("fsm config: %w", errors.Join(errs...))

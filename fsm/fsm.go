@@ -40,12 +40,29 @@ type FSM struct {
 	// notify is closed (and replaced on demand) after every applied batch and restore.
 	notifyMu sync.Mutex
 	notify   chan struct{}
+
+	// Durability (durability.go). commits counts commits to the file, synced the value
+	// of commits covered by the last successful deferred sync; syncMu orders syncs.
+	mode       syncMode
+	marker     string
+	bootID     string
+	rebuilt    bool
+	commits    atomic.Uint64
+	synced     atomic.Uint64
+	syncs      atomic.Uint64
+	syncFailed atomic.Bool
+	syncMu     sync.Mutex
+	stop       chan struct{}
+	loopDone   chan struct{}
+	stopOnce   sync.Once
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
 
 // Open opens (creating if needed) the bbolt file at cfg.Path. Zero-valued tunables take
-// their defaults. A nil logger discards logs.
+// their defaults (SyncInterval excepted). A nil logger discards logs. When the file may
+// have been torn by an OS crash (see Config.SyncInterval), Open moves it aside and
+// starts empty; Rebuilt then reports true.
 func Open(cfg Config, logger hclog.Logger) (*FSM, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -54,6 +71,9 @@ func Open(cfg Config, logger hclog.Logger) (*FSM, error) {
 		logger = hclog.NewNullLogger()
 	}
 	f := &FSM{cfg: cfg.withDefaults(), logger: logger}
+	if err := f.prepareFile(); err != nil {
+		return nil, err
+	}
 	db, err := f.openDB(f.cfg.Path)
 	if err != nil {
 		return nil, err
@@ -63,16 +83,32 @@ func Open(cfg Config, logger hclog.Logger) (*FSM, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	if f.mode == syncEveryCommit {
+		// The file may hold commits of a deferred-sync run in the page cache; once they
+		// are on disk a marker from that run has nothing left to say.
+		if err := db.Sync(); err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("sync fsm db: %w", err)
+		}
+		if err := removeMarker(f.marker); err != nil {
+			_ = db.Close()
+			return nil, err
+		}
+	}
+	f.commits.Add(1)
 	f.db = db
 	f.applied.Store(idx)
-	logger.Debug("opened", "path", cfg.Path, "applied_index", idx)
+	if f.mode == syncDeferred {
+		f.startSyncLoop()
+	}
+	logger.Debug("opened", "path", cfg.Path, "applied_index", idx, "sync", f.mode, "rebuilt", f.rebuilt)
 	return f, nil
 }
 
 func (f *FSM) openDB(path string) (*bolt.DB, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:         5 * time.Second,
-		NoSync:          f.cfg.NoSync,
+		NoSync:          f.mode != syncEveryCommit,
 		FreelistType:    bolt.FreelistMapType,
 		InitialMmapSize: f.cfg.MmapSize,
 	})
@@ -100,17 +136,28 @@ func initDB(db *bolt.DB) (uint64, error) {
 	return idx, nil
 }
 
-// Close closes the file. Queries after Close return ErrClosed.
+// Close syncs and closes the file; in deferred-sync mode it then marks the file clean.
+// Queries after Close return ErrClosed.
 func (f *FSM) Close() error {
+	f.stopSyncLoop()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.db == nil {
 		return nil
 	}
+	syncErr := f.syncDB(f.db)
 	err := f.db.Close()
 	f.db = nil
 	if err != nil {
 		return fmt.Errorf("close fsm db: %w", err)
+	}
+	if syncErr != nil {
+		return syncErr
+	}
+	if f.mode == syncDeferred && !f.syncFailed.Load() {
+		if err := writeMarker(f.marker, marker{BootID: f.bootID, Clean: true}); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -180,6 +227,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		last = applied
 		return putU64(a.meta, keyApplied, applied)
 	})
+	f.commits.Add(1)
 	if err != nil {
 		err = fmt.Errorf("fsm storage failure: %w", err)
 		f.logger.Error("batch not applied; replica must be rebuilt from a snapshot", "error", err,
@@ -195,7 +243,8 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	return resps
 }
 
-// Snapshot opens a read transaction; Persist streams it as a hot copy of the file.
+// Snapshot opens a read transaction; Persist syncs the file, then streams the
+// transaction as a hot copy of it.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -206,16 +255,23 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: begin read: %w", err)
 	}
-	return &snapshot{tx: tx}, nil
+	return &snapshot{f: f, tx: tx}, nil
 }
 
 type snapshot struct {
+	f    *FSM
 	tx   *bolt.Tx
 	once sync.Once
 }
 
-// Persist writes the database as of the snapshot to sink.
+// Persist syncs the file (so it holds at least the snapshot's index on disk before Raft
+// may compact the log behind it), then writes the database as of the snapshot to sink.
+// It does not take the FSM's lock: Restore's close waits for this read transaction.
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	if err := s.f.syncDB(s.tx.DB()); err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("snapshot: %w", err)
+	}
 	if _, err := s.tx.WriteTo(sink); err != nil {
 		_ = sink.Cancel()
 		return fmt.Errorf("snapshot: write: %w", err)
@@ -251,6 +307,13 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("restore: %w", err)
 	}
+	if f.mode == syncDeferred {
+		if err := check.Sync(); err != nil {
+			_ = check.Close()
+			_ = os.Remove(tmp)
+			return fmt.Errorf("restore: sync checked copy: %w", err)
+		}
+	}
 	if err := check.Close(); err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("restore: close checked copy: %w", err)
@@ -259,6 +322,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.db != nil {
+		// The file is about to be replaced. Syncing it first finds a failing disk
+		// before anything is swapped and leaves a whole file should the swap fail.
+		if err := f.syncDB(f.db); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
 		if err := f.db.Close(); err != nil {
 			return fmt.Errorf("restore: close current db: %w", err)
 		}
@@ -277,9 +345,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		_ = db.Close()
 		return fmt.Errorf("restore: %w", err)
 	}
+	f.commits.Add(1)
 	f.db = db
 	f.applied.Store(idx)
 	f.broken.Store(nil)
+	f.syncFailed.Store(false)
 	f.signalApplied()
 	f.logger.Info("restored snapshot", "applied_index", idx)
 	return nil

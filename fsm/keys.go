@@ -40,7 +40,14 @@ var (
 	keyTrimmed     = []byte("changes_trimmed")
 	keyFeed        = []byte("feed_settings")
 	keyFeedClock   = []byte("feed_clock")
+	// revoked \x00 node -> revocation time (8-byte BE Unix nanos), until the node's
+	// next granted claim.
+	keyRevokedPrefix = []byte("revoked\x00")
 )
+
+func revokedKey(node string) []byte {
+	return append(append([]byte(nil), keyRevokedPrefix...), node...)
+}
 
 // maxIDLen bounds ids of accounts, enterprises, nodes and shards; maxTextLen bounds
 // free text (names, reasons, error messages).

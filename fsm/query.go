@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -281,6 +282,20 @@ func (f *FSM) Maintenance() (on bool, reason string, err error) {
 		return nil
 	})
 	return on, reason, err
+}
+
+// Revoked reports whether the node's claims were revoked (it was declared departed) and
+// it has not been granted a claim since, with the time of the revocation.
+func (f *FSM) Revoked(node string) (at time.Time, revoked bool, err error) {
+	err = f.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketMeta).Get(revokedKey(node))
+		if len(v) != 8 {
+			return nil
+		}
+		at, revoked = time.Unix(0, int64(binary.BigEndian.Uint64(v))), true
+		return nil
+	})
+	return at, revoked, err
 }
 
 // Settings returns the cluster's group count and shard size: the values stored by the
