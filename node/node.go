@@ -322,15 +322,58 @@ func (n *Node) Leader() (name, addr string) {
 
 // LeaderContact is how long since this node last heard from the Raft leader; 0 on the
 // leader while it leads.
+//
+// Contact also requires that this node's own gossip agrees: a follower whose gossip has
+// declared the leader dead or gone, or a leader whose gossip sees no majority of the
+// voters alive, is reported out of contact (an hour). That is the view of a member
+// behind a one-way partition: it still hears the leader's heartbeats, but its own
+// packets are lost, so the others have declared it dead and taken over its work, and
+// it must not act as if it still held its place.
 func (n *Node) LeaderContact() time.Duration {
+	const out = time.Hour
 	if n.raft.State() == raft.Leader {
+		if !n.majorityAlive() {
+			return out
+		}
 		return 0
 	}
 	last := n.raft.LastContact()
 	if last.IsZero() {
-		return time.Hour
+		return out
+	}
+	if _, id := n.raft.LeaderWithID(); id != "" && n.members != nil {
+		if m, ok := n.members.Member(string(id)); ok && (m.State == membership.StateDead || m.State == membership.StateLeft) {
+			return out
+		}
 	}
 	return time.Since(last)
+}
+
+// majorityAlive reports whether gossip sees a majority of the Raft voters (this node
+// included) alive or suspect.
+func (n *Node) majorityAlive() bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	voters, alive := 0, 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if string(s.ID) == n.name {
+			alive++
+			continue
+		}
+		if n.members == nil {
+			continue
+		}
+		if m, ok := n.members.Member(string(s.ID)); ok && (m.State == membership.StateAlive || m.State == membership.StateSuspect) {
+			alive++
+		}
+	}
+	return alive > voters/2
 }
 
 // Ready reports whether the node has a leader and has applied the log up to the commit

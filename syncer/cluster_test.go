@@ -9,6 +9,7 @@ import (
 	"cardsync/carrier"
 	"cardsync/carrier/sim"
 	"cardsync/fsm"
+	"cardsync/membership"
 	"cardsync/syncer"
 	"cardsync/testcluster"
 )
@@ -220,5 +221,55 @@ func TestJoinHandsOffWithoutRefetch(t *testing.T) {
 			t.Errorf("card %s fetched %d times across a planned handoff", iccid, v)
 		}
 	}
+	noQuotaViolations(t, c.Sim)
+}
+
+// A member cut off by a one-way partition (its packets do not reach the others, theirs
+// reach it) still hears the Raft leader, so its leader contact stays fresh, while the
+// others declare it dead, revoke its claims and take its shards and its quota share.
+// It must give its share up once it sees the revocation, and get it back once the
+// partition heals and it is granted claims again (regression: chaos seed 8).
+func TestOneWayPartitionedMemberGivesUpItsShare(t *testing.T) {
+	t.Parallel()
+	c := testcluster.New(t, testcluster.Options{Nodes: 3, Cards: 3000, QuotaScale: 1, Faults: true, Profile: "fast"})
+	c.WaitStable(30 * time.Second)
+	c.WaitLeader(10 * time.Second)
+	victim := c.Follower()
+	if victim == nil {
+		t.Fatal("no follower")
+	}
+	hasShare := func() bool {
+		for _, sh := range victim.Agent().Syncer.Shares() {
+			if sh.RatePerSec > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	testcluster.WaitFor(t, 30*time.Second, "the victim holds a quota share", hasShare)
+	var others []string
+	for _, m := range c.Members {
+		if m != victim {
+			others = append(others, m.Name)
+		}
+	}
+	c.Faults().PartitionOneWay([]string{victim.Name}, others)
+	defer func() {
+		_, revoked, _ := victim.Node().FSM().Revoked(victim.Name)
+		t.Logf("victim %s: revoked %v, leader contact %v, shares %+v", victim.Name, revoked, victim.Node().LeaderContact(), victim.Agent().Syncer.Shares())
+	}()
+	testcluster.WaitFor(t, 30*time.Second, "the others declare the victim dead and it holds no share", func() bool {
+		l := c.Leader()
+		if l == nil || l == victim {
+			return false
+		}
+		m, ok := l.Node().Membership().Member(victim.Name)
+		return ok && m.State == membership.StateDead && !hasShare()
+	})
+	c.Faults().HealNetwork()
+	testcluster.WaitFor(t, 60*time.Second, "the victim is back with a share", func() bool {
+		_, revoked, _ := victim.Node().FSM().Revoked(victim.Name)
+		return !revoked && hasShare()
+	})
 	noQuotaViolations(t, c.Sim)
 }

@@ -30,6 +30,9 @@ type State interface {
 	Enterprises() ([]fsm.Enterprise, error)
 	Accounts() ([]fsm.Account, error)
 	Maintenance() (bool, string, error)
+	// Revoked reports whether this cluster revoked the node's claims (declared it
+	// departed) and has not granted it a claim since.
+	Revoked(node string) (at time.Time, revoked bool, err error)
 }
 
 // Cluster is what the syncer needs to know about membership.
@@ -361,6 +364,14 @@ func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string,
 	me := s.cluster.Name()
 	members := s.cluster.Ring().Members()
 	weight := shareWeights(shards, owners, ents, now)
+	// A node the cluster has revoked (declared dead while it may still hear the leader,
+	// as in a one-way partition) keeps no share: the others already count its shards as
+	// theirs. A claim granted to it again lifts the mark.
+	_, revoked, err := s.state.Revoked(me)
+	if err != nil {
+		revoked = true
+	}
+	outOfContact := s.cluster.LeaderContact() > s.contactLimit()
 	next := map[string]Share{}
 	for id, acct := range s.accounts {
 		q, ok := accts[id]
@@ -391,7 +402,7 @@ func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string,
 			rate *= s.cfg.QuotaSafety
 		}
 		sh := splitShare(me, fracs, rate, q.Burst, q.Concurrency)
-		if s.cfg.ShareQuota && s.cluster.LeaderContact() > s.contactLimit() {
+		if s.cfg.ShareQuota && (revoked || outOfContact) {
 			// Cut off from the leader (partitioned, or paused and not yet aware of it),
 			// this node's view of the ring and the claims may be stale and could make it
 			// believe it is alone: it gives up its share until it is back in contact, and
