@@ -9,6 +9,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
+
+	"cardsync/fsm"
 )
 
 // Config configures one cardsync node.
@@ -156,9 +158,32 @@ func (c Config) raftConfig(name string, logger hclog.Logger) *raft.Config {
 	rc.SnapshotThreshold = c.SnapshotThreshold
 	rc.SnapshotInterval = c.SnapshotInterval
 	rc.TrailingLogs = 10240
+	// The FSM file keeps its applied index and Apply skips entries at or below it, so a
+	// restart resumes from the file and replays only the log after the latest snapshot.
+	// startRaft turns the restore back on when the FSM cannot (fsmNeedsSnapshot).
 	rc.NoSnapshotRestoreOnStart = true
 	rc.BatchApplyCh = true
 	rc.ShutdownOnRemove = false
 	rc.Logger = logger
 	return rc
+}
+
+// fsmNeedsSnapshot says why the FSM must be restored from the latest Raft snapshot on
+// this start ("" when it can resume from its own file). With NoSnapshotRestoreOnStart
+// Raft resumes applying after the latest snapshot's index, so the FSM file must hold at
+// least that index: it does not when Open rebuilt it empty (a file possibly torn by an
+// OS crash or power loss is moved aside) or when the file was lost or replaced by an
+// older one.
+func fsmNeedsSnapshot(f *fsm.FSM, snaps raft.SnapshotStore) (string, error) {
+	if f.Rebuilt() {
+		return "fsm file may have been torn by a crash and was rebuilt empty", nil
+	}
+	list, err := snaps.List()
+	if err != nil {
+		return "", fmt.Errorf("list raft snapshots: %w", err)
+	}
+	if len(list) > 0 && f.AppliedIndex() < list[0].Index {
+		return fmt.Sprintf("fsm applied index %d is behind raft snapshot %d", f.AppliedIndex(), list[0].Index), nil
+	}
+	return "", nil
 }

@@ -248,6 +248,15 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("open snapshot store: %w", err)
 	}
 	rc := n.cfg.raftConfig(n.name, logger)
+	why, err := fsmNeedsSnapshot(n.fsm, snaps)
+	if err != nil {
+		return err
+	}
+	if why != "" {
+		// Raft restores the latest snapshot into the FSM, then replays the log after it.
+		rc.NoSnapshotRestoreOnStart = false
+		n.logger.Warn("fsm restores the latest raft snapshot on this start", "reason", why)
+	}
 	if err := raft.ValidateConfig(rc); err != nil {
 		return fmt.Errorf("%w: raft: %v", ErrInvalidConfig, err)
 	}
