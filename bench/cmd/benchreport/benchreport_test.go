@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -221,3 +222,114 @@ func TestRunWritesReports(t *testing.T) {
 func itoa(n int) string { return strconv.Itoa(n) }
 
 func ftoa(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+
+const rebalanceScaleOut = `pkg: cardsync/syncer
+BenchmarkRebalance-2   	       1	 52000000000 ns/op	         1.05 join4-moved/ideal	      3100 join4-settle-ms	         1.20 join5-moved/ideal	      6200 join5-settle-ms	         0 rejected
+pkg: cardsync/bench
+BenchmarkScale/1M-2    	       1	 90000000000 ns/op	        40.0 import-s	       250 rss-MB/node	         2.0 snapshot-s	         3.0 restore-s	        10.0 rejoin-s	         4.0 poll-ms/node
+BenchmarkScale/5M-2    	       1	 450000000000 ns/op	       220.0 import-s	      1100 rss-MB/node	        10.0 snapshot-s	        12.0 restore-s	        30.0 rejoin-s	        25.0 poll-ms/node
+`
+
+func TestRebalanceAndScaleChecks(t *testing.T) {
+	in, err := Parse(strings.NewReader(rebalanceScaleOut))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := Build(in, Machine{Cores: 2}, targets, comparisons)
+	checks := map[string]Check{}
+	for _, c := range slices.Concat(rep.Checks, rep.Comparisons) {
+		checks[c.Name] = c
+	}
+	tests := []struct {
+		name    string
+		met     bool
+		measure float64
+	}{
+		{"BenchmarkRebalance join4-moved/ideal", true, 1.05},
+		{"BenchmarkRebalance join5-moved/ideal", false, 1.20},
+		{"BenchmarkRebalance join4-settle-ms", true, 3100},
+		{"BenchmarkRebalance join5-settle-ms", false, 6200},
+		{"BenchmarkRebalance rejected", true, 0},
+		{"BenchmarkScale/1M rss-MB/node", true, 250},
+		{"scale growth 5M / 1M import-s", false, 220.0 / 40},
+		{"scale growth 5M / 1M rss-MB/node", true, 1100.0 / 250},
+		{"scale growth 5M / 1M snapshot-s", true, 5},
+		{"scale growth 5M / 1M restore-s", true, 4},
+		{"scale growth 5M / 1M rejoin-s", true, 3},
+		{"scale growth 5M / 1M poll-ms/node", false, 25.0 / 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, ok := checks[tt.name]
+			if !ok {
+				t.Fatalf("no check named %q", tt.name)
+			}
+			if c.Measured == nil {
+				t.Fatal("not measured")
+			}
+			if c.Met != tt.met || math.Abs(*c.Measured-tt.measure) > 1e-9 {
+				t.Fatalf("met %v measured %v, want %v %v", c.Met, *c.Measured, tt.met, tt.measure)
+			}
+			if c.Ratio != nil && (*c.Ratio >= 1) != tt.met {
+				t.Fatalf("ratio %v disagrees with met %v", *c.Ratio, tt.met)
+			}
+		})
+	}
+	// Without the 5M run the growth comparisons are reported as not run.
+	in, err = Parse(strings.NewReader(strings.Split(rebalanceScaleOut, "BenchmarkScale/5M")[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep = Build(in, Machine{Cores: 2}, targets, comparisons)
+	for _, c := range rep.Comparisons {
+		if strings.HasPrefix(c.Name, "scale growth") && (c.Measured != nil || c.Met) {
+			t.Errorf("%s evaluated without the 5M run: %+v", c.Name, c)
+		}
+	}
+	if n := len(scaleGrowth()); n != len(scaleMetrics) {
+		t.Fatalf("%d growth comparisons for %d metrics", n, len(scaleMetrics))
+	}
+}
+
+func TestRunIncludesBenchstat(t *testing.T) {
+	dir := t.TempDir()
+	table := "goos: linux\n          │ old.txt │ new.txt │\n          │ sec/op  │ sec/op  vs base │\nDecode/onelink-2   812.5µ ± 3%   640.1µ ± 2%  -21.22% (p=0.002 n=6)\n"
+	stat := filepath.Join(dir, "benchstat.txt")
+	if err := os.WriteFile(stat, []byte(table), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	md, js := filepath.Join(dir, "benchmarks.md"), filepath.Join(dir, "benchmarks.json")
+	var stderr bytes.Buffer
+	if err := run([]string{"-md", md, "-json", js, "-benchstat", stat}, strings.NewReader(plainOut), &stderr); err != nil {
+		t.Fatalf("%v: %s", err, stderr.String())
+	}
+	mdText, err := os.ReadFile(md)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(mdText), "## Micro-benchmarks against the previous run") ||
+		!strings.Contains(string(mdText), "```text\n"+strings.TrimRight(table, "\n")+"\n```\n") {
+		t.Fatalf("markdown lacks the benchstat table:\n%s", mdText)
+	}
+	var rep Report
+	b, err := os.ReadFile(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Benchstat != table {
+		t.Fatalf("json benchstat %q", rep.Benchstat)
+	}
+	// Without -benchstat the section is absent; a missing file is an error.
+	if err := run([]string{"-md", md, "-json", js}, strings.NewReader(plainOut), &stderr); err != nil {
+		t.Fatal(err)
+	}
+	if mdText, _ := os.ReadFile(md); strings.Contains(string(mdText), "against the previous run") {
+		t.Fatal("benchstat section without -benchstat")
+	}
+	if err := run([]string{"-md", md, "-json", js, "-benchstat", filepath.Join(dir, "none")}, strings.NewReader(plainOut), &stderr); err == nil {
+		t.Fatal("missing benchstat file accepted")
+	}
+}

@@ -32,6 +32,7 @@ func run(args []string, stdin io.Reader, stderr io.Writer) error {
 	notes := fs.String("notes", "", "Markdown file appended to the report as its notes")
 	command := fs.String("command", "", "the command that produced the input, shown in the report")
 	rev := fs.String("rev", "", "the source revision benchmarked, shown in the report")
+	benchstat := fs.String("benchstat", "", "benchstat's comparison of the previous run with this one, shown in the report")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -51,6 +52,13 @@ func run(args []string, stdin io.Reader, stderr io.Writer) error {
 			return fmt.Errorf("notes: %w", err)
 		}
 		rep.Notes = string(b)
+	}
+	if *benchstat != "" {
+		b, err := os.ReadFile(*benchstat)
+		if err != nil {
+			return fmt.Errorf("benchstat: %w", err)
+		}
+		rep.Benchstat = string(b)
 	}
 	var js bytes.Buffer
 	enc := json.NewEncoder(&js)

@@ -55,7 +55,10 @@ type Report struct {
 	Comparisons []Check       `json:"comparisons"`
 	Benchmarks  []BenchResult `json:"benchmarks"`
 	Failures    []string      `json:"failures,omitempty"`
-	Notes       string        `json:"-"`
+	// Benchstat is benchstat's comparison of the previous run's micro-benchmarks with
+	// this run's, when there was a previous run.
+	Benchstat string `json:"benchstat,omitempty"`
+	Notes     string `json:"-"`
 }
 
 // Build aggregates the runs, in the order benchmarks first appeared, and evaluates the
@@ -320,6 +323,13 @@ func (r *Report) Markdown() string {
 			}
 			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", u, num(br.Metrics[u]), tgt, ratio)
 		}
+	}
+	if strings.TrimSpace(r.Benchstat) != "" {
+		b.WriteString("\n## Micro-benchmarks against the previous run\n\n")
+		b.WriteString("`benchstat` over the micro-benchmarks of the previous `docs/benchmarks.txt` (old) and of this run (new): the median of each with its 95% confidence interval, and the change where it is significant (p < 0.05; `~` otherwise).\n\n")
+		b.WriteString("```text\n")
+		b.WriteString(strings.TrimRight(strings.ReplaceAll(r.Benchstat, "```", "` ` `"), "\n"))
+		b.WriteString("\n```\n")
 	}
 	if strings.TrimSpace(r.Notes) != "" {
 		b.WriteString("\n## Notes\n\n")

@@ -52,10 +52,47 @@ var targets = []Target{
 		Why: "a planned handoff resumes at the cursor: no card is fetched twice"},
 	{Package: "cardsync/syncer", Benchmark: "BenchmarkRollingRestart", Unit: "rejected", Op: "<=", Value: 0,
 		Why: "restarting members never push an account over its quota"},
+	{Package: "cardsync/syncer", Benchmark: "BenchmarkRebalance", Unit: "join4-moved/ideal", Op: "<=", Value: 1.1,
+		Why: "a 4th member takes about its fair quarter of the shards and no more move (bounded-load consistent hashing, slack 0.10)"},
+	{Package: "cardsync/syncer", Benchmark: "BenchmarkRebalance", Unit: "join5-moved/ideal", Op: "<=", Value: 1.1,
+		Why: "a 5th member takes about its fair fifth of the shards and no more move"},
+	{Package: "cardsync/syncer", Benchmark: "BenchmarkRebalance", Unit: "join4-settle-ms", Op: "<=", Value: rebalanceSettleMs,
+		Why: rebalanceSettleWhy},
+	{Package: "cardsync/syncer", Benchmark: "BenchmarkRebalance", Unit: "join5-settle-ms", Op: "<=", Value: rebalanceSettleMs,
+		Why: rebalanceSettleWhy},
+	{Package: "cardsync/syncer", Benchmark: "BenchmarkRebalance", Unit: "rejected", Op: "<=", Value: 0,
+		Why: "the quota shares never add up to more than an account's quota while members join"},
+	{Package: "cardsync/bench", Benchmark: "BenchmarkScale/1M", Unit: "rss-MB/node", Op: "<=", Value: 300,
+		Why: "a member of a 1M-card cluster stays under 300 MB"},
+}
+
+// rebalanceSettleMs bounds the time from a member's start until the quota shares follow
+// the new ring, on the test clusters' timings (fast gossip profile, 200 ms poll): the join
+// itself (gossip, Raft voter, readiness and the 500 ms ring stabilisation, about 1.5 s),
+// the handoffs (the old owner ends its carrier call at quota, flushes and releases; the
+// new owner claims on its 100 ms fast poll: under 1 s), then the share grace period a
+// gaining member waits (2 polls + 1 s = 1.4 s) and a last poll on every member.
+const rebalanceSettleMs = 5000
+
+const rebalanceSettleWhy = "shares follow a join within join (~1.5 s) + handoff (<1 s) + share grace (2 polls + 1 s) + a poll, with slack"
+
+// scaleMetrics are the metrics BenchmarkScale reports for each cluster size.
+var scaleMetrics = []string{"import-s", "rss-MB/node", "snapshot-s", "restore-s", "rejoin-s", "poll-ms/node"}
+
+// scaleGrowth bounds each BenchmarkScale metric at 5M cards by 5x its value at 1M:
+// linear growth or better.
+func scaleGrowth() []Comparison {
+	out := make([]Comparison, 0, len(scaleMetrics))
+	for _, u := range scaleMetrics {
+		out = append(out, Comparison{Name: "scale growth 5M / 1M " + u,
+			Num: MetricRef{"BenchmarkScale/5M", u}, Den: MetricRef{"BenchmarkScale/1M", u},
+			Op: "<=", Value: 5.0, Why: "5x the cards costs at most 5x (linear or better)"})
+	}
+	return out
 }
 
 // comparisons are the targets relative to another system measured in the same run.
-var comparisons = []Comparison{
+var comparisons = append([]Comparison{
 	{Name: "write path: cardsync / etcd results/s",
 		Num: MetricRef{"BenchmarkWritePath/cardsync", "results/s"}, Den: MetricRef{"BenchmarkWritePath/etcd", "results/s"},
 		Op: ">=", Value: 1.0, Why: "cardsync's replicated write path is at least as fast as a 3-member etcd doing the same transactions"},
@@ -65,4 +102,4 @@ var comparisons = []Comparison{
 	{Name: "write path: cardsync / bbolt-limit results/s",
 		Num: MetricRef{"BenchmarkWritePath/cardsync", "results/s"}, Den: MetricRef{"BenchmarkWritePath/bbolt-limit", "results/s"},
 		Op: ">=", Value: 0.25, Why: "replication (three logs and three state files on one disk) costs at most 4x the single-file limit"},
-}
+}, scaleGrowth()...)
