@@ -47,8 +47,49 @@ type forwarder struct {
 	client *http.Client
 	tr     *http.Transport
 
-	mu   sync.Mutex
-	seen map[string]time.Time // signatures seen within maxSkew: replay protection
+	replay replayGuard
+}
+
+// replayGuard remembers the signatures of the last 2*maxSkew so a signed request cannot
+// be sent twice. Signatures arrive in time order, so they expire from the front of a
+// queue: the cost per request is constant, however many requests the window holds.
+type replayGuard struct {
+	mu    sync.Mutex
+	seen  map[string]struct{}
+	queue []seenSig // oldest first, from head on
+	head  int
+}
+
+type seenSig struct {
+	sig string
+	at  time.Time
+}
+
+// check records sig at now and reports whether it was already seen within the window.
+func (g *replayGuard) check(sig string, now time.Time) (replayed bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for g.head < len(g.queue) && now.Sub(g.queue[g.head].at) > 2*maxSkew {
+		delete(g.seen, g.queue[g.head].sig)
+		g.queue[g.head] = seenSig{}
+		g.head++
+	}
+	// Reuse the queue's space once most of it is expired entries; each entry is moved
+	// at most once per expiry of an older one, so this stays constant per request.
+	if g.head > 32 && g.head >= len(g.queue)/2 {
+		n := copy(g.queue, g.queue[g.head:])
+		clear(g.queue[n:])
+		g.queue, g.head = g.queue[:n], 0
+	}
+	if _, dup := g.seen[sig]; dup {
+		return true
+	}
+	if g.seen == nil {
+		g.seen = map[string]struct{}{}
+	}
+	g.seen[sig] = struct{}{}
+	g.queue = append(g.queue, seenSig{sig: sig, at: now})
+	return false
 }
 
 // DialFunc dials a network address (net.Dialer.DialContext's signature).
@@ -66,7 +107,6 @@ func newForwarder(secret string) *forwarder {
 		scheme: "http",
 		tr:     tr,
 		client: &http.Client{Transport: tr, Timeout: 30 * time.Second},
-		seen:   map[string]time.Time{},
 	}
 }
 
@@ -112,18 +152,9 @@ func (f *forwarder) verify(r *http.Request, body []byte) error {
 	if !hmac.Equal([]byte(sig), []byte(f.mac(ts, body))) {
 		return errors.New("bad signature")
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	now := time.Now()
-	for k, t := range f.seen {
-		if now.Sub(t) > 2*maxSkew {
-			delete(f.seen, k)
-		}
-	}
-	if _, dup := f.seen[sig]; dup {
+	if f.replay.check(sig, time.Now()) {
 		return errors.New("replayed request")
 	}
-	f.seen[sig] = now
 	return nil
 }
 
