@@ -57,6 +57,19 @@ func rebalanceRun(b *testing.B, cards int) {
 	testcluster.WaitFor(b, 60*time.Second, "the first carrier call", func() bool {
 		return simCounts(c.Sim).accepted > 0
 	})
+	// The members publish the catalog in parts: the shard set must be complete before
+	// the first ring change, or the joins would count shards that did not exist yet.
+	testcluster.WaitFor(b, 2*time.Minute, "every card imported", func() bool {
+		shards, err := c.WaitLeader(30 * time.Second).Node().FSM().Shards(fsm.ShardFilter{})
+		if err != nil {
+			return false
+		}
+		n := 0
+		for _, s := range shards {
+			n += s.Cards
+		}
+		return n == len(c.Catalog.Cards)
+	})
 	b.Logf("%d cards over %d accounts, quota %.0f cards/s (backlog about %.0f s)", len(c.Catalog.Cards), len(specs), limit, float64(len(c.Catalog.Cards))/limit)
 	b.ResetTimer()
 	var joins []rebalanceJoin
