@@ -8,7 +8,7 @@ DEV_DIR     ?= .cardsync-dev
 # Packages whose code runs goroutines concurrently: run under the race detector.
 RACE_PKGS   := ./fsm/... ./membership/... ./node/... ./syncer/... ./carrier/...
 
-.PHONY: all build run test race lint vet staticcheck bench bench-quick chaos fuzz clean
+.PHONY: all build run test race lint vet staticcheck bench bench-quick chaos chaos-seeds fuzz clean
 
 all: build
 
@@ -48,12 +48,21 @@ bench:
 bench-quick:
 	QUICK=1 bash bench/run.sh
 
-## chaos: fault injection with invariant checking, 10 seeds in a row (SEEDS="1 2" to choose)
-SEEDS ?= 1 2 3 4 5 6 7 8 9 10
+## chaos: one seeded fault-injection run with invariant checks on a 5-node cluster, 5 minutes
+## of faults (SEED=n to replay a run; CHAOS_SECONDS, CHAOS_NODES to change its size)
+SEED          ?= $(shell date +%s)
+CHAOS_SECONDS ?= 300
+CHAOS_NODES   ?= 5
 chaos:
+	@echo "== chaos seed $(SEED), $(CHAOS_NODES) nodes, $(CHAOS_SECONDS) s of faults (replay: make chaos SEED=$(SEED))"
+	CARDSYNC_CHAOS_SEED=$(SEED) CARDSYNC_CHAOS_SECONDS=$(CHAOS_SECONDS) CARDSYNC_CHAOS_NODES=$(CHAOS_NODES) \
+	  $(GO) test -run TestChaos -count=1 -timeout 30m -v ./chaos
+
+## chaos-seeds: ten chaos runs in a row, one minute of faults each (SEEDS="1 2" to choose)
+SEEDS ?= 1 2 3 4 5 6 7 8 9 10
+chaos-seeds:
 	@for s in $(SEEDS); do \
-	  echo "== chaos seed $$s"; \
-	  CARDSYNC_CHAOS_SEED=$$s $(GO) test -run TestChaos -count=1 -timeout 20m -v ./chaos || exit 1; \
+	  $(MAKE) --no-print-directory chaos SEED=$$s CHAOS_SECONDS=60 || exit 1; \
 	done
 
 ## fuzz: run each fuzz target briefly (FUZZTIME=10m for a long run)

@@ -24,7 +24,8 @@ type Config struct {
 	MaxWorkers int
 	// PageSize is how many cards a worker reads from the local replica at a time.
 	PageSize int
-	// WindowCards bounds how many cards are walked before the gathered batches are sent.
+	// WindowCards bounds how far the card walk runs ahead of the cursor; at the bound the
+	// batch holding the cursor back is sent even if it is not full.
 	WindowCards int
 	// DependencyRetry is when a shard whose dependency data is not ready is looked at again.
 	DependencyRetry time.Duration
@@ -53,7 +54,7 @@ func DefaultConfig() Config {
 		FlushInterval:   time.Second,
 		MaxWorkers:      16,
 		PageSize:        500,
-		WindowCards:     400,
+		WindowCards:     2000,
 		DependencyRetry: 30 * time.Second,
 		QuotaSafety:     0.97,
 		Batching:        true,

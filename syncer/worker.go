@@ -95,22 +95,14 @@ func (w *worker) work(ctx context.Context) error {
 	}
 	w.lastFlush = s.cfg.Now()
 
-	for {
-		cards, err := s.state.ShardCards(w.shard, w.cursor, s.cfg.PageSize)
-		if err != nil {
-			return w.finish(ctx, false, "read cards: "+err.Error(), time.Time{})
-		}
-		if len(cards) == 0 {
-			return w.finish(ctx, true, w.deferredReason(), w.deferredNextRun())
-		}
-		stop, reason, next, err := w.walk(ctx, cards)
-		if err != nil {
-			return err
-		}
-		if stop {
-			return w.finish(ctx, false, reason, next)
-		}
+	stop, reason, next, err := w.walk(ctx)
+	if err != nil {
+		return err
 	}
+	if stop {
+		return w.finish(ctx, false, reason, next)
+	}
+	return w.finish(ctx, true, w.deferredReason(), w.deferredNextRun())
 }
 
 // checkDependencies returns the dependency version of the shard's task data (enterprise
@@ -166,43 +158,197 @@ func (s *Syncer) dependencies(st fsm.ShardState, ents map[string]fsm.Enterprise,
 type batch struct {
 	account string
 	cards   []fsm.Card
-	first   int // index in the window of its first card
+	first   int // walk position of its first card
 }
 
-// walk processes one page of cards in windows: valid cards are skipped (claim 1 step 3),
-// due cards of one account are gathered into batch queries (step 4). It returns stop=true
-// with a reason when the round must end early (claim 8, handoff, fencing).
-func (w *worker) walk(ctx context.Context, cards []fsm.Card) (stop bool, reason string, next time.Time, err error) {
-	s := w.s
-	var window []fsm.Card
-	batches := map[string]*batch{}
-	var order []*batch
+// answer is a batch query's outcome, handed from its call back to the walk.
+type answer struct {
+	b       *batch
+	results []carrier.Result
+	err     error
+}
 
-	send := func() (bool, string, time.Time, error) {
-		for _, b := range order {
-			if w.stopped() {
-				// Stop between batches: the cursor stays before this batch's first card.
-				w.rewindTo(window, b.first)
-				return true, w.stopReason, time.Time{}, nil
+// walk goes through the shard's cards in ICCID order from the cursor (claim 1 steps
+// 3-4): valid cards are skipped, due cards are gathered per carrier account into batch
+// queries. The accounts are worked side by side: each account has at most one query in
+// flight for this shard while the walk goes on gathering the others' cards, so a slow
+// account (or one whose quota share is small) does not hold up the rest, and a batch is
+// sent when it is full rather than at a window boundary. The cursor only ever moves to
+// the card just before the earliest card not yet answered (an open or in-flight batch's
+// first card), so everything at or before it is finished; cards answered beyond it are
+// recorded with their results and skipped as valid by whoever resumes from the cursor.
+// WindowCards bounds how far the walk runs ahead of the cursor: at the bound the batch
+// holding the cursor back is sent even if it is not full.
+//
+// It returns stop=true with a reason when the round must end early (claim 8, handoff,
+// fencing); then every query in flight has been answered and recorded.
+func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.Time, err error) {
+	s := w.s
+	var (
+		buf       []fsm.Card // walked cards after the cursor; buf[0] is at position base
+		base, pos int        // pos: the position of the next card to walk
+		page      []fsm.Card
+		pi        int
+		head      = w.cursor // last card read from the replica
+		exhausted bool
+		open      = map[string]*batch{} // account -> batch being gathered
+		flying    = map[string]*batch{} // account -> batch whose query is out
+		answers   = make(chan answer, len(s.accounts)+1)
+		stopping  bool
+		failedAt  = -1 // first position of a batch whose query failed
+	)
+	frontier := func() int {
+		f := pos
+		for _, b := range open {
+			f = min(f, b.first)
+		}
+		for _, b := range flying {
+			f = min(f, b.first)
+		}
+		if failedAt >= 0 {
+			f = min(f, failedAt)
+		}
+		return f
+	}
+	advance := func() {
+		f := frontier()
+		if f > base {
+			w.cursor = buf[f-1-base].ICCID
+			buf = buf[f-base:]
+			base = f
+		}
+	}
+	dispatch := func(b *batch) {
+		delete(open, b.account)
+		flying[b.account] = b
+		go func() {
+			results, err := w.call(ctx, b)
+			answers <- answer{b, results, err}
+		}()
+	}
+	// receive records one answer; a failed query ends the round once the others are in.
+	receive := func(a answer) error {
+		delete(flying, a.b.account)
+		ok, why, nextRun, err := w.record(ctx, a)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if failedAt < 0 || a.b.first < failedAt {
+				failedAt = a.b.first
 			}
-			if ok, why, nextRun, err := w.query(ctx, b); !ok || err != nil {
-				w.rewindTo(window, b.first)
-				return true, why, nextRun, err
+			if !stopping {
+				stopping, reason, next = true, why, nextRun
 			}
 		}
-		if len(window) > 0 {
-			w.cursor = window[len(window)-1].ICCID
+		advance()
+		if stopping {
+			return nil
 		}
-		window, batches, order = window[:0], map[string]*batch{}, nil
-		if err := w.maybeFlush(ctx); err != nil {
-			return true, "", time.Time{}, err
+		return w.maybeFlush(ctx)
+	}
+	wait := func() error { return receive(<-answers) }
+	full := func(b *batch) bool {
+		size := 1
+		if s.cfg.Batching {
+			size = max(1, s.accounts[b.account].BatchSize())
 		}
-		return false, "", time.Time{}, nil
+		return len(b.cards) >= size
 	}
 
-	for _, c := range cards {
+	for {
+		// Take in whatever has been answered.
+		for drained := false; !drained; {
+			select {
+			case a := <-answers:
+				if err := receive(a); err != nil {
+					return true, "", time.Time{}, err
+				}
+			default:
+				drained = true
+			}
+		}
+		if !stopping && w.stopped() {
+			stopping, reason, next = true, w.stopReason, time.Time{}
+		}
+		if stopping {
+			// Send nothing more; the round ends once the queries out are answered.
+			if len(flying) == 0 {
+				advance()
+				return true, reason, next, nil
+			}
+			if err := wait(); err != nil {
+				return true, "", time.Time{}, err
+			}
+			continue
+		}
+		// A full batch goes out as soon as its account has no query in flight.
+		blocked := false
+		for acct, b := range open {
+			if full(b) {
+				if flying[acct] == nil {
+					dispatch(b)
+				} else {
+					blocked = true
+				}
+			}
+		}
+		if blocked {
+			if err := wait(); err != nil {
+				return true, "", time.Time{}, err
+			}
+			continue
+		}
+		if pi == len(page) && !exhausted {
+			page, err = s.state.ShardCards(w.shard, head, s.cfg.PageSize)
+			if err != nil {
+				stopping, reason = true, "read cards: "+err.Error()
+				continue
+			}
+			pi = 0
+			if len(page) == 0 {
+				exhausted = true
+			} else {
+				head = page[len(page)-1].ICCID
+			}
+		}
+		if exhausted || pos-frontier() >= s.cfg.WindowCards {
+			// No more cards, or too far ahead of the cursor: send the batch that holds
+			// the cursor back (at the end, every batch), full or not.
+			var oldest *batch
+			for _, b := range open {
+				if flying[b.account] == nil && (oldest == nil || b.first < oldest.first) {
+					oldest = b
+				}
+			}
+			switch {
+			case oldest != nil && (exhausted || oldest.first == frontier()):
+				dispatch(oldest)
+			case len(flying) > 0:
+				if err := wait(); err != nil {
+					return true, "", time.Time{}, err
+				}
+			case exhausted && len(open) == 0:
+				advance()
+				if w.stopped() {
+					return true, w.stopReason, time.Time{}, nil
+				}
+				return false, "", time.Time{}, nil
+			default:
+				// Nothing to send or wait for: nothing holds the cursor back, so the
+				// walk is not really ahead; read on.
+				advance()
+				goto walkCard
+			}
+			continue
+		}
+	walkCard:
+
+		c := page[pi]
+		pi++
+		buf = append(buf, c)
+		pos++
 		now := s.cfg.Now()
-		window = append(window, c)
 		switch {
 		case c.ValidUntil.After(now):
 			w.skipped++
@@ -220,44 +366,17 @@ func (w *worker) walk(ctx context.Context, cards []fsm.Card) (stop bool, reason 
 				s.m.cards.WithLabelValues("deferred").Inc()
 				break
 			}
-			b := batches[c.Account]
+			b := open[c.Account]
 			if b == nil {
-				b = &batch{account: c.Account, first: len(window) - 1}
-				batches[c.Account] = b
-				order = append(order, b)
+				b = &batch{account: c.Account, first: pos - 1}
+				open[c.Account] = b
 			}
 			b.cards = append(b.cards, c)
-			size := 1
-			if s.cfg.Batching {
-				size = max(1, s.accounts[c.Account].BatchSize())
-			}
-			if len(b.cards) >= size {
-				if stop, why, nextRun, err := send(); stop || err != nil {
-					return true, why, nextRun, err
-				}
-			}
 		}
-		if len(window) >= s.cfg.WindowCards {
-			if stop, why, nextRun, err := send(); stop || err != nil {
-				return true, why, nextRun, err
-			}
+		advance()
+		if err := w.maybeFlush(ctx); err != nil {
+			return true, "", time.Time{}, err
 		}
-	}
-	if stop, why, nextRun, err := send(); stop || err != nil {
-		return true, why, nextRun, err
-	}
-	if w.stopped() {
-		return true, w.stopReason, time.Time{}, nil
-	}
-	return false, "", time.Time{}, nil
-}
-
-// rewindTo sets the cursor to the card just before window[i]: everything before it is
-// finished (every batch that started earlier was sent), so a resumed task loses nothing;
-// cards after it that were already synced are skipped as still valid.
-func (w *worker) rewindTo(window []fsm.Card, i int) {
-	if i > 0 {
-		w.cursor = window[i-1].ICCID
 	}
 }
 
@@ -278,20 +397,27 @@ func (w *worker) usable(account string, now time.Time) string {
 	return ""
 }
 
-// query sends one batch and records its results. ok=false ends the round (claim 8).
-func (w *worker) query(ctx context.Context, b *batch) (ok bool, reason string, next time.Time, err error) {
+// call sends one batch query. It runs beside the walk, so it touches no worker state.
+// The call gets its own deadline within the lease so a stuck carrier cannot outlive the
+// claim. It is not cut short when the node stops: a call the carrier has answered is
+// flushed instead of being thrown away and fetched again by the next owner.
+func (w *worker) call(ctx context.Context, b *batch) ([]carrier.Result, error) {
 	s := w.s
-	acct := s.accounts[b.account]
 	iccids := make([]string, len(b.cards))
 	for i, c := range b.cards {
 		iccids[i] = c.ICCID
 	}
-	// The call gets its own deadline within the lease so a stuck carrier cannot outlive
-	// the claim. It is not cut short when the node stops: a call the carrier has answered
-	// is flushed instead of being thrown away and fetched again by the next owner.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Lease/2)
-	results, callErr := acct.Query(cctx, iccids)
-	cancel()
+	defer cancel()
+	return s.accounts[b.account].Query(cctx, iccids)
+}
+
+// record takes a batch query's outcome into the worker: card results on success;
+// ok=false ends the round (claim 8).
+func (w *worker) record(ctx context.Context, a answer) (ok bool, reason string, next time.Time, err error) {
+	s := w.s
+	b, results, callErr := a.b, a.results, a.err
+	acct := s.accounts[b.account]
 	kind := carrier.KindOf(callErr)
 	s.m.calls.WithLabelValues(b.account, kind.String()).Inc()
 	if callErr != nil {

@@ -132,6 +132,13 @@ func TestCallOwnership(t *testing.T) {
 	expect(t, "one in-flight batch", CallOwnership(ok, entries, cards), 0, "")
 	zombie := append(ok, call("a", 1600, 1700))
 	expect(t, "zombie keeps calling", CallOwnership(zombie, entries, cards), 1, "2 carrier calls outside the tenure")
+	// One batch per account may be out when the claim moves.
+	other := call("a", 950, 1400)
+	other.Account = "y"
+	expect(t, "one in-flight batch per account", CallOwnership(append(ok, other), entries, cards), 0, "")
+	again := call("a", 1500, 1600)
+	again.Account = "y"
+	expect(t, "second batch of an account", CallOwnership(append(ok, other, again), entries, cards), 1, "account y")
 	stranger := []sim.CallRecord{call("c", 10, 20)}
 	expect(t, "never owned", CallOwnership(stranger, entries, cards), 1, "without ever holding its claim")
 }

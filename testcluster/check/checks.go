@@ -259,8 +259,9 @@ func tenures(entries []Entry) map[string][]tenure {
 
 // CallOwnership (check 4, carrier calls): every carrier call a node made for a shard's
 // cards started while that node held the shard's claim, except at most one call per lost
-// tenure that was in flight when the claim moved or started after it (the single batch a
-// fenced owner may still have out before its next flush is refused).
+// tenure and carrier account that was in flight when the claim moved or started after it
+// (a worker has at most one batch query out per account; those a fenced owner still has
+// out before its next flush is refused).
 func CallOwnership(calls []sim.CallRecord, entries []Entry, cardShard map[string]string) []Violation {
 	var out []Violation
 	tens := tenures(entries)
@@ -294,7 +295,7 @@ func CallOwnership(calls []sim.CallRecord, entries []Entry, cardShard map[string
 			case held != nil && (held.to.IsZero() || !c.End.After(held.to)):
 				// Within the tenure.
 			default:
-				k := fmt.Sprintf("%s/%s/epoch %d (lost at %s)", s, c.Tag, prev.epoch, ts(prev.to))
+				k := fmt.Sprintf("%s/%s/epoch %d/account %s (lost at %s)", s, c.Tag, prev.epoch, c.Account, ts(prev.to))
 				if len(overhang[k]) == 0 {
 					keys = append(keys, k)
 				}
@@ -308,7 +309,7 @@ func CallOwnership(calls []sim.CallRecord, entries []Entry, cardShard map[string
 			for _, c := range cs {
 				spans = append(spans, ts(c.Start)+"-"+ts(c.End))
 			}
-			out = append(out, Violation{CheckExclusive, fmt.Sprintf("%s: %d carrier calls outside the tenure (at most 1 in-flight batch allowed): %s", k, len(cs), strings.Join(spans, ", "))})
+			out = append(out, Violation{CheckExclusive, fmt.Sprintf("%s: %d carrier calls outside the tenure (at most 1 in-flight batch per account allowed): %s", k, len(cs), strings.Join(spans, ", "))})
 		}
 	}
 	return out
