@@ -23,7 +23,8 @@
 #
 # QUICK skips the scenarios that cannot be made short (the lan-profile failure
 # detection runs: their timing is the profile's, whatever the workload; the fixed
-# 30 s false-death watch) and the 500k-card scale run.
+# 30 s false-death watch), the 500k-card scale run, and the quota-use variants that
+# only compare with the batching run (interleaved import, no batching, no sharing).
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -48,6 +49,7 @@ if [[ "${QUICK:-}" == "1" ]]; then
 	mode="quick"
 	# -skip splits at top-level slashes and bars: each alternative names its levels.
 	skip='^BenchmarkLeaderFailover$/^lan$|^BenchmarkTakeover$/^lan$|^BenchmarkIdleFalseDeaths$|^BenchmarkScale$/^500k$'
+	skip+='|^BenchmarkQuotaUse$/^(batching-interleaved|no-batching|no-share)$'
 fi
 flags+=(-timeout "$timeout")
 count="${COUNT:-3}"
@@ -90,7 +92,7 @@ statflag=()
 if [[ $run_micro == 1 && -s "$OUT/benchmarks.txt" ]]; then
 	cp "$OUT/benchmarks.txt" "$log/old.txt"
 	cp "$log/micro.txt" "$log/new.txt"
-	if (cd "$here" && "$GO" tool benchstat -filter "$micro_filter" "$log/old.txt" "$log/new.txt") >"$log/benchstat.txt" 2>"$log/benchstat.err"; then
+	if (cd "$here" && "$GO" tool benchstat -filter "$micro_filter" "old=$log/old.txt" "new=$log/new.txt") >"$log/benchstat.txt" 2>"$log/benchstat.err"; then
 		statflag=(-benchstat "$log/benchstat.txt")
 	else
 		echo "benchstat failed; the report has no comparison with the previous run:" >&2
