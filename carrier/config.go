@@ -31,7 +31,11 @@ type AccountConfig struct {
 	Burst       int     `json:"burst" yaml:"burst"`
 	Concurrency int     `json:"concurrency" yaml:"concurrency"`
 
-	Timeout time.Duration `json:"timeout" yaml:"timeout"` // per HTTP call
+	// Timeout bounds each HTTP call from the moment the limiter admits it (default 5 s).
+	// Keep it below failure detection plus the quota share grace: a member frozen with
+	// an admitted call still unsent then gives the call up before another member can be
+	// using its share of the account.
+	Timeout time.Duration `json:"timeout" yaml:"timeout"`
 
 	// Headroom is the fraction of the share the limiter leaves unused (and
 	// one token of burst) so that network jitter never pushes the calls the
@@ -58,7 +62,7 @@ func DefaultAccountConfig() AccountConfig {
 		RatePerSec:      5,
 		Burst:           5,
 		Concurrency:     1,
-		Timeout:         10 * time.Second,
+		Timeout:         5 * time.Second,
 		Headroom:        0.05,
 		BreakerFailures: 5,
 		BreakerOpen:     30 * time.Second,

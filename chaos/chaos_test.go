@@ -39,6 +39,13 @@ const (
 	minHeal = 3 * time.Second
 	// headroom is the part of a node's share its carrier limiter leaves unused.
 	headroom = 0.05
+	// callTimeout bounds each carrier HTTP call from the moment the limiter admits it. A
+	// member paused with an admitted call that has not gone out yet abandons it after
+	// this long, before the others can use its quota share (failure detection, at least
+	// about 1 s with the fast profile, plus the share grace of 2 polls + 1 s). The same
+	// rule holds for the defaults: carrier timeout 5 s against lan detection (5-6 s)
+	// plus a 3 s grace.
+	callTimeout = 2 * time.Second
 )
 
 func envInt(name string, def int) int {
@@ -57,7 +64,7 @@ func TestChaos(t *testing.T) {
 	if err != nil {
 		t.Fatalf("CARDSYNC_CHAOS_SEED: %v", err)
 	}
-	nodes := envInt("CARDSYNC_CHAOS_NODES", 3)
+	nodes := envInt("CARDSYNC_CHAOS_NODES", 5)
 	runFor := time.Duration(envInt("CARDSYNC_CHAOS_SECONDS", 60)) * time.Second
 	rng := rand.New(rand.NewPCG(seed, 0xc4a05))
 	maxVoters := min(5, nodes-(1-nodes%2))
@@ -69,6 +76,7 @@ func TestChaos(t *testing.T) {
 				as[i].BackoffMax = backoffMax
 				as[i].BreakerOpen = breakerOpen
 				as[i].Headroom = headroom
+				as[i].Timeout = callTimeout
 			}
 		},
 		Sync: func(s *syncer.Config) {

@@ -9,8 +9,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"reflect"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -54,6 +56,7 @@ type Agent struct {
 
 	logger      hclog.Logger
 	cancel      context.CancelFunc
+	abortCalls  context.CancelFunc
 	syncDone    chan struct{}
 	catalogDone chan struct{}
 	webhookDone chan struct{}
@@ -69,6 +72,18 @@ func Start(cfg Config) (*Agent, error) {
 	}
 	cfg.Node.Logger = cfg.Logger
 	a := &Agent{logger: cfg.Logger, Accounts: map[string]*carrier.Account{}}
+	// Carrier calls outlive a graceful stop (an answered call is flushed, not thrown
+	// away) but not a kill: a crashed process's sockets close with it, so Kill aborts
+	// the calls in flight, as the carrier would see them end.
+	var killCtx context.Context
+	killCtx, a.abortCalls = context.WithCancel(context.Background())
+	hc := *cfg.HTTPClient
+	next := hc.Transport
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	hc.Transport = &abortTransport{next: next, dead: killCtx}
+	cfg.HTTPClient = &hc
 	accounts := map[string]syncer.Account{}
 	for _, ac := range cfg.Accounts {
 		acct, err := carrier.NewAccount(ac, cfg.HTTPClient, cfg.Logger.Named("carrier").With("account", ac.ID))
@@ -149,6 +164,7 @@ func (a *Agent) Stop() error {
 	<-a.syncDone
 	<-a.catalogDone
 	<-a.webhookDone
+	a.abortCalls()
 	return a.Node.Shutdown()
 }
 
@@ -156,6 +172,7 @@ func (a *Agent) Stop() error {
 // the cluster, no leave is sent), then the syncer's goroutines are stopped.
 func (a *Agent) Kill() error {
 	err := a.Node.Kill()
+	a.abortCalls()
 	a.cancel()
 	<-a.syncDone
 	<-a.catalogDone
@@ -238,4 +255,36 @@ func jsonEncode(w http.ResponseWriter, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// abortTransport ends every request in flight when dead is done.
+type abortTransport struct {
+	next http.RoundTripper
+	dead context.Context
+}
+
+func (t *abortTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(req.Context())
+	stop := context.AfterFunc(t.dead, cancel)
+	resp, err := t.next.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		stop()
+		cancel()
+		return nil, err
+	}
+	resp.Body = &abortBody{ReadCloser: resp.Body, done: func() { stop(); cancel() }}
+	return resp, nil
+}
+
+// abortBody releases its request's context once the body is closed.
+type abortBody struct {
+	io.ReadCloser
+	once sync.Once
+	done func()
+}
+
+func (b *abortBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
 }
