@@ -1,9 +1,11 @@
 package membership
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // DefaultVNodes is the number of points each member gets on the ring when
@@ -23,7 +25,10 @@ const ringSpace = float64(1 << 32)
 // followed by the murmur3 32-bit finaliser (fmix32) so that short inputs
 // that differ only in their last bytes (such as "g1-1" and "g1-2") still
 // land far apart. It does not allocate.
-func Hash32(s string) uint32 {
+func Hash32(s string) uint32 { return hash32(s) }
+
+// hash32 is Hash32 over a string or a byte slice.
+func hash32[T string | []byte](s T) uint32 {
 	const (
 		offset32 = 2166136261
 		prime32  = 16777619
@@ -81,29 +86,27 @@ func NewRing(members []string, vnodes int) *Ring {
 	slices.Sort(names)
 	names = slices.Compact(names)
 
-	r := &Ring{
-		members: names,
-		points:  make([]point, 0, len(names)*vnodes),
-		vnodes:  vnodes,
-	}
+	// Each point is packed as hash<<32 | member so that a plain integer sort
+	// orders the points by hash, then member.
+	packed := make([]uint64, 0, len(names)*vnodes)
 	var buf []byte
 	for i, name := range names {
 		for v := 0; v < vnodes; v++ {
 			buf = append(buf[:0], name...)
 			buf = append(buf, '#')
 			buf = strconv.AppendInt(buf, int64(v), 10)
-			r.points = append(r.points, point{hash: Hash32(string(buf)), member: int32(i)})
+			packed = append(packed, uint64(hash32(buf))<<32|uint64(i))
 		}
 	}
-	slices.SortFunc(r.points, func(a, b point) int {
-		if a.hash != b.hash {
-			if a.hash < b.hash {
-				return -1
-			}
-			return 1
-		}
-		return int(a.member - b.member)
-	})
+	slices.Sort(packed)
+	r := &Ring{
+		members: names,
+		points:  make([]point, len(packed)),
+		vnodes:  vnodes,
+	}
+	for i, p := range packed {
+		r.points[i] = point{hash: uint32(p >> 32), member: int32(uint32(p))}
+	}
 	return r
 }
 
@@ -197,35 +200,117 @@ func (r *Ring) Assign(keys []string) map[string]string {
 	return r.AssignBounded(keys, DefaultLoadEpsilon)
 }
 
+// overflowKey is a key that its ring owner cannot keep: its index in the
+// caller's key slice, its ring owner and point, and its clockwise distance
+// to that point.
+type overflowKey struct {
+	idx    int32
+	pt     int32
+	member int32
+	dist   uint32
+}
+
 // AssignBounded maps every key to a member with consistent hashing with
-// bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018): the keys are
-// taken in sorted order, each walks clockwise from its hash and goes to the
-// first member whose load is below Capacity(len(keys), eps). The result
-// depends only on the member set, vnodes, the key set and eps, so every node
-// that holds the same shard list computes the same assignment. Duplicate
-// keys are assigned once. An empty ring gives an empty map.
+// bounded loads, in two passes. First every key goes to its ring owner (the
+// first member clockwise, as Owner). Then every member holding more than
+// Capacity(keys, eps) keys keeps the keys nearest to its points (smallest
+// clockwise distance) and gives up the rest; the given-up keys, taken in
+// order of their hash, each walk clockwise from their owner's point to the
+// first member that still has room. A key therefore stays with its ring
+// owner unless that owner is over capacity and the key is among its
+// farthest, so Assign differs from Owner for the fewest keys that capacity
+// allows, and a new member takes its keys from its own arcs.
+//
+// The result depends only on the member set, vnodes, the key set and eps
+// (not on the order of keys), so every node that holds the same shard list
+// computes the same assignment. Duplicate keys are assigned once. An empty
+// ring gives an empty map. It takes O(keys log points) time.
 func (r *Ring) AssignBounded(keys []string, eps float64) map[string]string {
-	sorted := slices.Clone(keys)
-	slices.Sort(sorted)
-	sorted = slices.Compact(sorted)
-	out := make(map[string]string, len(sorted))
-	if len(r.members) == 0 {
+	out := make(map[string]string, len(keys))
+	if len(r.members) == 0 || len(keys) == 0 {
 		return out
 	}
-	capacity := r.Capacity(len(sorted), eps)
+	// First pass: ring owners. pts[i] is the point of keys[i], or -1 for a
+	// repeated key.
+	pts := make([]int32, len(keys))
 	load := make([]int, len(r.members))
-	for _, k := range sorted {
-		i := r.search(Hash32(k))
+	for i, k := range keys {
+		p := r.search(Hash32(k))
+		m := r.points[p].member
+		before := len(out)
+		out[k] = r.members[m] // a repeated key gets the same owner again
+		if len(out) == before {
+			pts[i] = -1
+			continue
+		}
+		pts[i] = int32(p)
+		load[m]++
+	}
+	capacity := r.Capacity(len(out), eps)
+	over := 0
+	for _, l := range load {
+		over += max(0, l-capacity)
+	}
+	if over == 0 {
+		return out
+	}
+
+	// Second pass: the keys of over-capacity members, nearest first per
+	// member; the farthest beyond capacity overflow.
+	var cand []overflowKey
+	for i, p := range pts {
+		if p < 0 {
+			continue
+		}
+		pt := r.points[p]
+		if load[pt.member] > capacity {
+			cand = append(cand, overflowKey{
+				idx: int32(i), pt: p, member: pt.member,
+				dist: pt.hash - Hash32(keys[i]),
+			})
+		}
+	}
+	slices.SortFunc(cand, func(a, b overflowKey) int {
+		if a.member != b.member {
+			return cmp.Compare(a.member, b.member)
+		}
+		if a.dist != b.dist {
+			return cmp.Compare(a.dist, b.dist)
+		}
+		return strings.Compare(keys[a.idx], keys[b.idx])
+	})
+	flow := cand[:0]
+	for i := 0; i < len(cand); {
+		m := cand[i].member
+		j := i
+		for j < len(cand) && cand[j].member == m {
+			j++
+		}
+		flow = append(flow, cand[i+capacity:j]...)
+		load[m] = capacity
+		i = j
+	}
+	// Overflow in ring order: hash = point hash - distance.
+	hashOf := func(o overflowKey) uint32 { return r.points[o.pt].hash - o.dist }
+	slices.SortFunc(flow, func(a, b overflowKey) int {
+		if ha, hb := hashOf(a), hashOf(b); ha != hb {
+			return cmp.Compare(ha, hb)
+		}
+		return strings.Compare(keys[a.idx], keys[b.idx])
+	})
+	// Capacity is at least the ceiling of the mean, so some member always
+	// has room and every walk ends within one turn of the ring.
+	for _, o := range flow {
+		i := int(o.pt)
 		for {
-			m := r.points[i].member
-			if load[m] < capacity {
-				load[m]++
-				out[k] = r.members[m]
-				break
-			}
 			i++
 			if i == len(r.points) {
 				i = 0
+			}
+			if m := r.points[i].member; load[m] < capacity {
+				load[m]++
+				out[keys[o.idx]] = r.members[m]
+				break
 			}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math"
+	"runtime/debug"
 	"slices"
 	"testing"
 )
@@ -168,17 +169,6 @@ func ownerMap(r *Ring, keys []string) map[string]string {
 	return out
 }
 
-// moveRatio is the share of keys that changed owner over the ideal 1/(n+1).
-func moveRatio(before, after map[string]string, newSize int) float64 {
-	moved := 0
-	for k, o := range before {
-		if after[k] != o {
-			moved++
-		}
-	}
-	return float64(moved) / (float64(len(before)) / float64(newSize))
-}
-
 // The balance target: for 3..10 members and 1,024 cardsync shard ids, the
 // busiest member holds at most 1.15x the mean. Assign guarantees it by
 // construction; checked here for several naming schemes.
@@ -198,12 +188,11 @@ func TestAssignBalance(t *testing.T) {
 	}
 }
 
-// Movement on join: adding one member to n (3..10) should move about the
-// ideal 1/(n+1) of the shards. The target of 1.1x the ideal is met in most
-// joins but not all (see DESIGN.md: the new member's natural intake alone
-// has about 10% binomial noise at 1,024 shards); the test holds Assign to
-// 1.2x for the node-N and cardsync-NN naming schemes, and checks that a
-// leave moves exactly the shards the matching join moved.
+// Movement on join for the node-N and cardsync-NN naming schemes: adding
+// one member to n (3..10) moves about the ideal 1/(n+1) of the shards (at
+// most 1.2x for these names; TestRingAssignJoinSample has the distribution),
+// and the matching leave moves exactly the same shards, since Assign is a
+// function of the member set.
 func TestAssignMovementOnJoin(t *testing.T) {
 	keys := shardIDs(64, 16)
 	for _, scheme := range []string{"node", "host"} {
@@ -223,55 +212,163 @@ func TestAssignMovementOnJoin(t *testing.T) {
 	}
 }
 
-// TestAssignMovementDistribution measures movement on join over 60 random
-// id schemes (480 joins) for plain consistent hashing and for Assign, and
-// checks the averages; `go test -run Distribution -v` prints the figures
-// quoted in DESIGN.md.
-func TestAssignMovementDistribution(t *testing.T) {
-	if testing.Short() {
-		t.Skip("statistical measurement")
+// joinSample is the outcome of the random join sample for one assignment
+// function.
+type joinSample struct {
+	ratios   []float64 // moved / ideal per join
+	over     int       // joins that moved more than 1.1x the ideal
+	overByN  map[int]int
+	maxPeak  float64 // busiest member over the mean, worst trial
+	maxTaken float64 // newcomer's keys over the ideal, worst trial
+	oldMoves int     // joins where some key moved between two old members
+}
+
+func (s *joinSample) add(before, after map[string]string, newcomer string, n int) {
+	keys := len(before)
+	moved, taken, betweenOld := 0, 0, false
+	for k, o := range before {
+		switch after[k] {
+		case o:
+		case newcomer:
+			moved++
+			taken++
+		default:
+			moved++
+			betweenOld = true
+		}
 	}
-	keys := shardIDs(64, 16)
-	type result struct {
-		ratios  []float64
-		maxPeak float64
+	if betweenOld {
+		s.oldMoves++
 	}
-	var plain, bounded result
-	for s := 0; s < 60; s++ {
+	ideal := float64(keys) / float64(n+1)
+	s.ratios = append(s.ratios, float64(moved)/ideal)
+	if moved*(n+1)*10 > 11*keys {
+		s.over++
+		s.overByN[n]++
+	}
+	s.maxTaken = max(s.maxTaken, float64(taken)/ideal)
+	s.maxPeak = max(s.maxPeak, peakOverMean(after, n+1), peakOverMean(before, n))
+}
+
+func (s *joinSample) quantile(q float64) float64 {
+	rs := slices.Clone(s.ratios)
+	slices.Sort(rs)
+	return rs[int(q*float64(len(rs)-1))]
+}
+
+func (s *joinSample) mean() float64 {
+	sum := 0.0
+	for _, x := range s.ratios {
+		sum += x
+	}
+	return sum / float64(len(s.ratios))
+}
+
+func (s *joinSample) String() string {
+	return fmt.Sprintf("peak/mean max %.3f | newcomer takes max %.3fx | join moves/ideal mean %.3f p50 %.3f p90 %.3f p99 %.3f max %.3f, over 1.1x in %.1f%% of %d joins %v, keys moved between old members in %.1f%%",
+		s.maxPeak, s.maxTaken, s.mean(), s.quantile(0.5), s.quantile(0.9), s.quantile(0.99), s.quantile(1),
+		100*float64(s.over)/float64(len(s.ratios)), len(s.ratios), s.overByN,
+		100*float64(s.oldMoves)/float64(len(s.ratios)))
+}
+
+// ringJoinSets is the number of random member-name sets in the join sample;
+// each gives the joins 3 -> 4 ... 10 -> 11.
+const ringJoinSets = 500
+
+// TestRingAssignJoinSample measures balance and movement on join over 500
+// random sets of 11 128-bit member ids (4,000 joins n -> n+1, n = 3..10) with
+// 1,000 shard ids and the default 1024 vnodes, for plain Owner and for
+// Assign. `go test -run RingAssignJoinSample -v ./membership/` prints the
+// figures quoted in DESIGN.md.
+//
+// Checked in every trial: the busiest member holds at most 1.15x the mean
+// (1.10x by construction), the new member takes at most 1.1x the ideal
+// 1/(n+1) of the shards, and Assign departs from Owner for exactly the keys
+// over capacity. The total moved on join (newcomer's intake plus shards
+// handed between old members when a member crosses the lower capacity of
+// n+1 members) exceeds 1.1x the ideal in about one join in seven; DESIGN.md
+// explains why no capacity rule avoids it. The distribution is held to its
+// measured level.
+func TestRingAssignJoinSample(t *testing.T) {
+	keys := shardIDs(50, 20)
+	sets := ringJoinSets
+	if testing.Short() || raceEnabled() {
+		// The computation is single-threaded; the race detector only slows it.
+		sets = 60
+	}
+	plain := &joinSample{overByN: map[int]int{}}
+	bounded := &joinSample{overByN: map[int]int{}}
+	for s := 0; s < sets; s++ {
 		names := nodeNames(fmt.Sprintf("rnd%d", s), 11)
-		for n := 3; n <= 10; n++ {
-			before, after := NewRing(names[:n], 0), NewRing(names[:n+1], 0)
-			po, pn := ownerMap(before, keys), ownerMap(after, keys)
-			plain.ratios = append(plain.ratios, moveRatio(po, pn, n+1))
-			plain.maxPeak = max(plain.maxPeak, peakOverMean(po, n))
-			bo, bn := before.Assign(keys), after.Assign(keys)
-			bounded.ratios = append(bounded.ratios, moveRatio(bo, bn, n+1))
-			bounded.maxPeak = max(bounded.maxPeak, peakOverMean(bo, n))
-		}
-	}
-	for _, r := range []struct {
-		name string
-		res  result
-	}{{"plain Owner", plain}, {"Assign", bounded}} {
-		rs := slices.Clone(r.res.ratios)
-		slices.Sort(rs)
-		mean, over := 0.0, 0
-		for _, x := range rs {
-			mean += x
-			if x > 1.1 {
-				over++
+		var prevPlain, prevBounded map[string]string
+		for n := 3; n <= 11; n++ {
+			r := NewRing(names[:n], 0)
+			po, bo := ownerMap(r, keys), r.Assign(keys)
+			checkAssignAgainstOwner(t, r, keys, po, bo)
+			if prevPlain != nil {
+				plain.add(prevPlain, po, names[n-1], n-1)
+				bounded.add(prevBounded, bo, names[n-1], n-1)
 			}
-		}
-		mean /= float64(len(rs))
-		t.Logf("%-11s peak/mean max %.3f | join moves/ideal mean %.3f p50 %.3f p90 %.3f p99 %.3f max %.3f, over 1.1x in %.1f%% of %d joins",
-			r.name, r.res.maxPeak, mean, rs[len(rs)/2], rs[len(rs)*9/10], rs[len(rs)*99/100], rs[len(rs)-1],
-			100*float64(over)/float64(len(rs)), len(rs))
-		if mean > 1.05 || rs[len(rs)*9/10] > 1.15 {
-			t.Errorf("%s: movement mean %.3f p90 %.3f over the ideal", r.name, mean, rs[len(rs)*9/10])
+			prevPlain, prevBounded = po, bo
 		}
 	}
+	t.Logf("plain Owner %s", plain)
+	t.Logf("Assign      %s", bounded)
 	if bounded.maxPeak > 1.15 {
-		t.Errorf("Assign peak %.3f over 1.15", bounded.maxPeak)
+		t.Errorf("Assign: busiest member holds %.3fx the mean", bounded.maxPeak)
+	}
+	if bounded.maxTaken > 1.1 {
+		t.Errorf("Assign: a new member takes %.3fx the ideal", bounded.maxTaken)
+	}
+	// The measured level (500 sets): mean 1.023, p99 1.18, max 1.26, 14.3%
+	// of joins over 1.1x.
+	if bounded.mean() > 1.04 || bounded.quantile(0.99) > 1.22 || bounded.quantile(1) > 1.32 ||
+		float64(bounded.over) > 0.17*float64(len(bounded.ratios)) {
+		t.Errorf("Assign: join movement above its measured level: %s", bounded)
+	}
+}
+
+// raceEnabled reports whether the test binary was built with -race.
+func raceEnabled() bool {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range info.Settings {
+		if s.Key == "-race" {
+			return s.Value == "true"
+		}
+	}
+	return false
+}
+
+// checkAssignAgainstOwner checks one assignment: every key assigned, no
+// member above capacity, and Assign departing from Owner for exactly as many
+// keys as the members' ring loads exceed capacity.
+func checkAssignAgainstOwner(t *testing.T, r *Ring, keys []string, owner, assign map[string]string) {
+	t.Helper()
+	if len(assign) != len(keys) {
+		t.Fatalf("%d members: assigned %d of %d keys", r.Len(), len(assign), len(keys))
+	}
+	capacity := r.Capacity(len(keys), DefaultLoadEpsilon)
+	pure, load := map[string]int{}, map[string]int{}
+	differ := 0
+	for k, o := range owner {
+		pure[o]++
+		load[assign[k]]++
+		if assign[k] != o {
+			differ++
+		}
+	}
+	excess := 0
+	for m, l := range pure {
+		excess += max(0, l-capacity)
+		if load[m] > capacity {
+			t.Errorf("%d members: %s holds %d keys, capacity %d", r.Len(), m, load[m], capacity)
+		}
+	}
+	if differ != excess {
+		t.Errorf("%d members: Assign departs from Owner for %d keys, ring loads exceed capacity by %d", r.Len(), differ, excess)
 	}
 }
 
@@ -363,5 +460,20 @@ func BenchmarkNewRing(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		_ = NewRing(names, 0)
+	}
+}
+
+// BenchmarkRingAssign measures Assign over 1,000 and 100,000 shard ids on
+// 10 members with the default vnodes.
+func BenchmarkRingAssign(b *testing.B) {
+	r := NewRing(nodeNames("node", 10), 0)
+	for _, n := range []int{1000, 100000} {
+		keys := shardIDs(n/20, 20)
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = r.Assign(keys)
+			}
+		})
 	}
 }
