@@ -247,17 +247,19 @@ func (r *Ring) AssignBounded(keys []string, eps float64) map[string]string {
 		load[m]++
 	}
 	capacity := r.Capacity(len(out), eps)
-	over := 0
+	held := 0 // keys held by over-capacity members
 	for _, l := range load {
-		over += max(0, l-capacity)
+		if l > capacity {
+			held += l
+		}
 	}
-	if over == 0 {
+	if held == 0 {
 		return out
 	}
 
 	// Second pass: the keys of over-capacity members, nearest first per
 	// member; the farthest beyond capacity overflow.
-	var cand []overflowKey
+	cand := make([]overflowKey, 0, held)
 	for i, p := range pts {
 		if p < 0 {
 			continue

@@ -372,6 +372,65 @@ func checkAssignAgainstOwner(t *testing.T, r *Ring, keys []string, owner, assign
 	}
 }
 
+// AssignBounded at the edges: tiny key sets, one member, no slack; every
+// key is assigned, nobody exceeds capacity, and an over-capacity member
+// keeps its nearest keys.
+func TestRingAssignBoundedEdges(t *testing.T) {
+	tests := []struct {
+		name    string
+		members int
+		vnodes  int
+		keys    []string
+		eps     float64
+	}{
+		{"one member", 1, 0, shardIDs(4, 4), 0.10},
+		{"fewer keys than members", 5, 0, shardIDs(1, 3), 0.10},
+		{"one key", 3, 0, []string{"g0-0"}, 0},
+		{"no slack, 3 members", 3, 0, shardIDs(64, 16), 0},
+		{"no slack, 10 members", 10, 0, shardIDs(64, 16), 0},
+		{"large slack", 4, 0, shardIDs(64, 16), 2},
+		{"few vnodes", 7, 4, shardIDs(64, 16), 0.05},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := NewRing(nodeNames("node", tt.members), tt.vnodes)
+			a := r.AssignBounded(tt.keys, tt.eps)
+			if len(a) != len(tt.keys) {
+				t.Fatalf("assigned %d of %d keys", len(a), len(tt.keys))
+			}
+			capacity := r.Capacity(len(tt.keys), tt.eps)
+			load := map[string]int{}
+			// Per ring owner: the farthest key it kept, the nearest it gave up.
+			kept, gave := map[string]uint32{}, map[string]uint32{}
+			for _, k := range tt.keys {
+				o := a[k]
+				if !r.Has(o) {
+					t.Fatalf("%s assigned to non-member %q", k, o)
+				}
+				load[o]++
+				h := Hash32(k)
+				p := r.points[r.search(h)]
+				owner, dist := r.members[p.member], p.hash-h
+				if o == owner {
+					kept[owner] = max(kept[owner], dist)
+				} else if d, ok := gave[owner]; !ok || dist < d {
+					gave[owner] = dist
+				}
+			}
+			for m, l := range load {
+				if l > capacity {
+					t.Errorf("%s holds %d keys, capacity %d", m, l, capacity)
+				}
+			}
+			for m, d := range gave {
+				if kept[m] > d {
+					t.Errorf("%s kept a key at distance %d but gave up one at %d", m, kept[m], d)
+				}
+			}
+		})
+	}
+}
+
 func TestAssignDeterministic(t *testing.T) {
 	keys := shardIDs(16, 16)
 	r1 := NewRing([]string{"b", "a", "c", "d"}, 0)
