@@ -33,6 +33,7 @@ type Account struct {
 	shareBurst  int
 	shareConc   int
 	inFlight    int
+	prioWaiting int // prioritized queries waiting for a slot
 	wake        chan struct{} // closed and replaced when a slot frees or the share changes
 	consecutive int           // consecutive whole-call failures, for Backoff
 
@@ -166,22 +167,52 @@ func (a *Account) broadcastLocked() {
 	a.wake = make(chan struct{})
 }
 
+// priorityKey marks a query context as prioritized (see WithPriority).
+type priorityKey struct{}
+
+// WithPriority marks the queries made with ctx as going ahead of unmarked ones when
+// they wait for a concurrency slot of the account. The syncer marks the first query of
+// each account in a shard's round, so a shard that was just taken over (or just
+// started) gets its first answer after at most the calls already out, not after every
+// query queued on this node.
+func WithPriority(ctx context.Context) context.Context {
+	return context.WithValue(ctx, priorityKey{}, true)
+}
+
+func prioritized(ctx context.Context) bool {
+	p, _ := ctx.Value(priorityKey{}).(bool)
+	return p
+}
+
 // acquire takes a concurrency slot, waiting while none is free or the share is zero.
+// A prioritized query takes a free slot before any unprioritized one.
 func (a *Account) acquire(ctx context.Context) error {
+	prio := prioritized(ctx)
 	waited := false
+	defer func() {
+		if prio && waited {
+			a.mu.Lock()
+			a.prioWaiting--
+			a.broadcastLocked()
+			a.mu.Unlock()
+		}
+	}()
 	for {
 		a.mu.Lock()
-		if a.shareRate > 0 && a.inFlight < a.shareConc {
+		if a.shareRate > 0 && a.inFlight < a.shareConc && (prio || a.prioWaiting == 0) {
 			a.inFlight++
 			a.mu.Unlock()
 			return nil
 		}
-		ch := a.wake
-		a.mu.Unlock()
 		if !waited {
 			waited = true
 			a.slotWaits.Add(1)
+			if prio {
+				a.prioWaiting++
+			}
 		}
+		ch := a.wake
+		a.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():

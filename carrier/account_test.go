@@ -252,3 +252,63 @@ func TestNormalizeICCID(t *testing.T) {
 		t.Error("Luhn")
 	}
 }
+
+// A prioritized query waiting for a concurrency slot gets the next free one, ahead of
+// unprioritized queries that were waiting before it.
+func TestPrioritizedQueryTakesTheNextSlot(t *testing.T) {
+	spec := testSpecs[1] // Unicom: one HTTP call per query
+	spec.RatePerSec, spec.Burst, spec.MaxConcurrent = 1000, 10, 1
+	s := startSim(t, []sim.AccountSpec{spec})
+	if err := s.SetFaults(spec.ID, sim.Faults{LatencyMin: sim.Duration(150 * time.Millisecond), LatencyMax: sim.Duration(150 * time.Millisecond)}); err != nil {
+		t.Fatal(err)
+	}
+	acct, err := carrier.NewAccount(accountCfg(s, spec.ID), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acct.SetShare(1000, 10, 1)
+	card := s.Cards(spec.ID)[0].ICCID
+	var (
+		mu    sync.Mutex
+		order []string
+		wg    sync.WaitGroup
+	)
+	query := func(ctx context.Context, name string) {
+		defer wg.Done()
+		if _, err := acct.Query(ctx, []string{card}); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		mu.Lock()
+		order = append(order, name)
+		mu.Unlock()
+	}
+	waitSlotWaits := func(n uint64) {
+		deadline := time.Now().Add(10 * time.Second)
+		for acct.Stats().SlotWaits < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("only %d queries waiting for a slot, want %d", acct.Stats().SlotWaits, n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	ctx := context.Background()
+	wg.Add(1)
+	go query(ctx, "first")
+	// Let the first take the slot, then queue three more behind it.
+	deadline := time.Now().Add(10 * time.Second)
+	for acct.Stats().Calls == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go query(ctx, "queued")
+	}
+	waitSlotWaits(3)
+	wg.Add(1)
+	go query(carrier.WithPriority(ctx), "prioritized")
+	waitSlotWaits(4)
+	wg.Wait()
+	if len(order) != 5 || order[0] != "first" || order[1] != "prioritized" {
+		t.Fatalf("completion order %v: the prioritized query should follow the one in flight", order)
+	}
+}

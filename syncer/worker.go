@@ -218,11 +218,17 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 			base = f
 		}
 	}
+	sent := map[string]bool{} // accounts queried in this round
 	dispatch := func(b *batch) {
 		delete(open, b.account)
 		flying[b.account] = b
+		// The round's first query of each account goes ahead of queries queued by
+		// shards that are already moving, so a shard just taken over or started
+		// progresses at once.
+		first := !sent[b.account]
+		sent[b.account] = true
 		go func() {
-			results, err := w.call(ctx, b)
+			results, err := w.call(ctx, b, first)
 			answers <- answer{b, results, err}
 		}()
 	}
@@ -401,7 +407,7 @@ func (w *worker) usable(account string, now time.Time) string {
 // The call gets its own deadline within the lease so a stuck carrier cannot outlive the
 // claim. It is not cut short when the node stops: a call the carrier has answered is
 // flushed instead of being thrown away and fetched again by the next owner.
-func (w *worker) call(ctx context.Context, b *batch) ([]carrier.Result, error) {
+func (w *worker) call(ctx context.Context, b *batch, first bool) ([]carrier.Result, error) {
 	s := w.s
 	iccids := make([]string, len(b.cards))
 	for i, c := range b.cards {
@@ -409,6 +415,9 @@ func (w *worker) call(ctx context.Context, b *batch) ([]carrier.Result, error) {
 	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Lease/2)
 	defer cancel()
+	if first {
+		cctx = carrier.WithPriority(cctx)
+	}
 	return s.accounts[b.account].Query(cctx, iccids)
 }
 
