@@ -33,7 +33,7 @@ type Account struct {
 	shareBurst  int
 	shareConc   int
 	inFlight    int
-	prioWaiting int // prioritized queries waiting for a slot
+	prioWaiting int           // prioritized queries waiting for a slot
 	wake        chan struct{} // closed and replaced when a slot frees or the share changes
 	consecutive int           // consecutive whole-call failures, for Backoff
 
