@@ -14,8 +14,9 @@ const DefaultVNodes = 1024
 
 // DefaultLoadEpsilon is the slack used by Assign: no member is given more
 // than floor((1+eps)*keys/members) keys (and never fewer than the ceiling of
-// the mean, so every key always has a place). The value meets the balance
-// and movement targets recorded in DESIGN.md for 3 to 10 members.
+// the mean, so every key always has a place). 0.10 is the largest slack
+// that keeps a member that has just joined at or below 1.1x its ideal share
+// of the keys; DESIGN.md records the measured balance and movement.
 const DefaultLoadEpsilon = 0.10
 
 // ringSpace is the size of the hash space, 2^32.
