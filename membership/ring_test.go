@@ -148,17 +148,9 @@ func TestSharesSumToOne(t *testing.T) {
 	}
 }
 
-// load returns the busiest member's load over the mean.
+// peakOverMean returns the busiest member's load over the mean.
 func peakOverMean(assign map[string]string, members int) float64 {
-	count := map[string]int{}
-	for _, o := range assign {
-		count[o]++
-	}
-	peak := 0
-	for _, c := range count {
-		peak = max(peak, c)
-	}
-	return float64(peak) / (float64(len(assign)) / float64(members))
+	return float64(peakLoad(assign)) / (float64(len(assign)) / float64(members))
 }
 
 func ownerMap(r *Ring, keys []string) map[string]string {
@@ -221,6 +213,9 @@ type joinSample struct {
 	maxPeak  float64 // busiest member over the mean, worst trial
 	maxTaken float64 // newcomer's keys over the ideal, worst trial
 	oldMoves int     // joins where some key moved between two old members
+	// Trials breaking a per-trial bound: a member above 1.15x the mean, a
+	// newcomer above 1.1x the ideal (exact integer comparisons).
+	peakOver, takenOver int
 }
 
 func (s *joinSample) add(before, after map[string]string, newcomer string, n int) {
@@ -247,7 +242,25 @@ func (s *joinSample) add(before, after map[string]string, newcomer string, n int
 		s.overByN[n]++
 	}
 	s.maxTaken = max(s.maxTaken, float64(taken)/ideal)
-	s.maxPeak = max(s.maxPeak, peakOverMean(after, n+1), peakOverMean(before, n))
+	if taken*(n+1)*10 > 11*keys {
+		s.takenOver++
+	}
+	pa := peakLoad(after)
+	s.maxPeak = max(s.maxPeak, float64(pa)/(float64(keys)/float64(n+1)))
+	if pa*(n+1)*100 > 115*keys {
+		s.peakOver++
+	}
+}
+
+// peakLoad returns the busiest member's key count.
+func peakLoad(assign map[string]string) int {
+	count := map[string]int{}
+	peak := 0
+	for _, o := range assign {
+		count[o]++
+		peak = max(peak, count[o])
+	}
+	return peak
 }
 
 func (s *joinSample) quantile(q float64) float64 {
@@ -314,11 +327,11 @@ func TestRingAssignJoinSample(t *testing.T) {
 	}
 	t.Logf("plain Owner %s", plain)
 	t.Logf("Assign      %s", bounded)
-	if bounded.maxPeak > 1.15 {
-		t.Errorf("Assign: busiest member holds %.3fx the mean", bounded.maxPeak)
+	if bounded.peakOver > 0 {
+		t.Errorf("Assign: a member holds more than 1.15x the mean in %d trials (worst %.3fx)", bounded.peakOver, bounded.maxPeak)
 	}
-	if bounded.maxTaken > 1.1 {
-		t.Errorf("Assign: a new member takes %.3fx the ideal", bounded.maxTaken)
+	if bounded.takenOver > 0 {
+		t.Errorf("Assign: a new member takes more than 1.1x the ideal in %d joins (worst %.3fx)", bounded.takenOver, bounded.maxTaken)
 	}
 	// The measured level (500 sets): mean 1.023, p99 1.18, max 1.26, 14.3%
 	// of joins over 1.1x.
