@@ -314,7 +314,7 @@ func publishInterleaved(b *testing.B, c *testcluster.Cluster, specs []sim.Accoun
 func BenchmarkTakeover(b *testing.B) {
 	fast, lan := 20, 3
 	if testing.Short() {
-		fast, lan = 5, 1
+		fast, lan = 3, 1
 	}
 	b.Run("fast", func(b *testing.B) { takeoverRun(b, "fast", fast) })
 	b.Run("lan", func(b *testing.B) { takeoverRun(b, "lan", lan) })
@@ -719,7 +719,7 @@ func procStatusKB(field string) float64 {
 func BenchmarkRollingRestart(b *testing.B) {
 	cards := 60_000
 	if testing.Short() {
-		cards = 25_000
+		cards = 15_000
 	}
 	// The three Chinese carriers' accounts: Cisco's single concurrent call goes to one
 	// member, and the Cisco cards of shards the other members own wait for it to move,
