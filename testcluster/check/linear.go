@@ -334,7 +334,7 @@ func Linearizable(ops []Op, groups map[string]int, timeout time.Duration) []Viol
 func describeOps(ops []linOp) string {
 	var b strings.Builder
 	for i, o := range ops {
-		if i == 12 {
+		if i == 400 {
 			fmt.Fprintf(&b, " ... %d more", len(ops)-i)
 			break
 		}
