@@ -5,6 +5,11 @@
 // the file and restores them by replacing it, and answers read-only queries about
 // accounts, enterprises, cards, shards, claims, checkpoints and the change feed.
 //
+// Commits are not fsynced one by one: the Raft log already holds every applied entry on
+// a quorum, so the file is synced in the background, and a marker beside it (the kernel
+// boot id and a clean flag) lets Open tell a stopped process from a power loss, after
+// which the file is moved aside and rebuilt from Raft (see Config.SyncInterval, Rebuilt).
+//
 // The package knows nothing about networks, clocks or carriers: "now" is always the
 // stamp carried by the command, so every replica that applies the same log ends in the
 // same bytes (see Digest).
