@@ -321,17 +321,18 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.db != nil {
+	old := f.db
+	if old != nil {
 		// The file is about to be replaced. Syncing it first finds a failing disk
 		// before anything is swapped and leaves a whole file should the swap fail.
-		if err := f.syncDB(f.db); err != nil {
+		if err := f.syncDB(old); err != nil {
 			return fmt.Errorf("restore: %w", err)
 		}
-		if err := f.db.Close(); err != nil {
-			return fmt.Errorf("restore: close current db: %w", err)
-		}
-		f.db = nil
 	}
+	// The new file takes the old one's name while the old one is still open: a Raft
+	// snapshot being persisted holds a read transaction on it, and closing it here would
+	// wait for that transaction while Raft waits for this restore (a node stuck for
+	// good). The old database is closed once its last reader is done.
 	if err := os.Rename(tmp, f.cfg.Path); err != nil {
 		return fmt.Errorf("restore: rename: %w", err)
 	}
@@ -344,6 +345,13 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		_ = db.Close()
 		return fmt.Errorf("restore: %w", err)
+	}
+	if old != nil {
+		go func() {
+			if err := old.Close(); err != nil {
+				f.logger.Warn("close the database replaced by a restore", "error", err)
+			}
+		}()
 	}
 	f.commits.Add(1)
 	f.db = db
