@@ -497,7 +497,10 @@ func convergenceBound(t *testing.T, c *testcluster.Cluster, stopped time.Time) t
 		t.Logf("bound: account %s: %d due cards, %.0f calls at %.2f/s = %v", a.ID, due[a.ID], calls, rate, d.Round(time.Millisecond))
 		backlog = max(backlog, d)
 	}
-	return settle + lease + backoffMax + breakerOpen + dependencyRetry + 2*pollInterval + backlog
+	// A concurrency slot that moves between members is taken only after the call grace
+	// (the longest a query admitted under the old slot may still be calling: 2 calls).
+	callGrace := 2 * callTimeout
+	return settle + lease + backoffMax + breakerOpen + dependencyRetry + 2*pollInterval + callGrace + backlog
 }
 
 // diagnose logs, for the shards holding cards still unsynced, what every member thinks of

@@ -459,16 +459,12 @@ func (n *Node) waitApplied(ctx context.Context, index uint64) {
 	if index == 0 || n.fsm.AppliedIndex() >= index {
 		return
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for n.fsm.AppliedIndex() < index && time.Now().Before(deadline) {
-		select {
-		case <-ctx.Done():
-			return
-		case <-n.ctx.Done():
-			return
-		case <-time.After(time.Millisecond):
-		}
-	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	stop := context.AfterFunc(n.ctx, cancel)
+	defer stop()
+	// WaitApplied returns once the applied index passes its argument.
+	_, _ = n.fsm.WaitApplied(wctx, index-1)
 }
 
 // applyLocal applies a command on the leader and returns the FSM's result and the log

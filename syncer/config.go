@@ -29,6 +29,11 @@ type Config struct {
 	WindowCards int
 	// DependencyRetry is when a shard whose dependency data is not ready is looked at again.
 	DependencyRetry time.Duration
+	// CallGrace is the longest a query admitted under a share may keep calling the
+	// carrier after the share shrinks (its HTTP calls times their timeout). A concurrency
+	// slot another node gives up is taken only after max(share grace, CallGrace). The
+	// agent sets it from the carrier accounts' call timeouts; 0 means the share grace.
+	CallGrace time.Duration
 	// QuotaSafety is the fraction of a carrier account's cluster-wide quota that the
 	// nodes' shares add up to (below 1 to absorb network jitter at the carrier).
 	QuotaSafety float64
@@ -85,6 +90,9 @@ func (c Config) Validate() error {
 	}
 	if c.PageSize < 1 || c.WindowCards < 1 {
 		bad("page size and window must be positive")
+	}
+	if c.CallGrace < 0 {
+		bad("call grace %v: want >= 0", c.CallGrace)
 	}
 	if c.QuotaSafety <= 0 || c.QuotaSafety > 1 {
 		bad("quota safety %v: want (0, 1]", c.QuotaSafety)

@@ -89,3 +89,35 @@ func TestShareWeightsFollowLiveClaims(t *testing.T) {
 		})
 	}
 }
+
+// Rates follow the share grace; a concurrency slot gained waits for the call grace too,
+// since the node that gave it up may still have a query calling the carrier.
+func TestPhaseShareHoldsSlotsForTheCallGrace(t *testing.T) {
+	s := &Syncer{cfg: Config{PollInterval: 200 * time.Millisecond, CallGrace: 4 * time.Second}, history: map[string][]timedShare{}}
+	t0 := time.Unix(1_700_000_000, 0)
+	at := func(d time.Duration, rate float64, conc int) Share {
+		return s.phaseShare("cisco", Share{RatePerSec: rate, Burst: 2, Concurrency: conc}, t0.Add(d))
+	}
+	steps := []struct {
+		d        time.Duration
+		rate     float64
+		conc     int
+		wantRate float64
+		wantConc int
+	}{
+		{0, 0, 0, 0, 0},
+		{2 * time.Second, 5, 1, 0, 0},         // gained at 2 s: within the call grace
+		{3800 * time.Millisecond, 5, 1, 0, 0}, // past the share grace, not the call grace
+		{6100 * time.Millisecond, 5, 1, 5, 1}, // 4 s after the gain
+		{7 * time.Second, 8, 1, 5, 1},         // a rate increase waits the share grace
+		{8500 * time.Millisecond, 8, 1, 8, 1}, // 1.5 s later it holds
+		{9 * time.Second, 3, 1, 3, 1},         // decreases at once
+	}
+	for _, st := range steps {
+		got := at(st.d, st.rate, st.conc)
+		if got.RatePerSec != st.wantRate || got.Concurrency != st.wantConc {
+			t.Errorf("at %v (target rate %v conc %d): rate %v conc %d, want rate %v conc %d",
+				st.d, st.rate, st.conc, got.RatePerSec, got.Concurrency, st.wantRate, st.wantConc)
+		}
+	}
+}

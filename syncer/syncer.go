@@ -484,20 +484,28 @@ func shareWeights(shards []fsm.ShardState, owners map[string]string, ents map[st
 // nor its concurrency, and a steadily growing share still follows with a delay.
 func (s *Syncer) phaseShare(id string, target Share, now time.Time) Share {
 	hist := append(s.history[id], timedShare{at: now, share: target})
+	// Rates are phased over the share grace; concurrency slots over the longer of the
+	// grace and the call grace: a query admitted under a node's old slot may still be
+	// calling the carrier after that node gave the slot up (a held call runs until its
+	// timeout), and the node that gains the slot must not call alongside it.
 	cut := now.Add(-s.shareGrace())
+	concCut := now.Add(-max(s.shareGrace(), s.cfg.CallGrace))
 	first := 0
-	for first < len(hist)-1 && hist[first+1].at.Before(cut) {
+	for first < len(hist)-1 && hist[first+1].at.Before(concCut) {
 		first++
 	}
-	if first > 0 && hist[first].at.Before(cut) {
+	if first > 0 && hist[first].at.Before(concCut) {
 		// hist[first] is the share in force at the start of the window: keep it.
 		hist = hist[first:]
 	}
 	s.history[id] = hist
 	out := target
-	for _, h := range hist {
-		out.RatePerSec = min(out.RatePerSec, h.share.RatePerSec)
-		out.Burst = min(out.Burst, h.share.Burst)
+	for i, h := range hist {
+		inRateWindow := !h.at.Before(cut) || (i+1 < len(hist) && !hist[i+1].at.Before(cut)) || i == len(hist)-1
+		if inRateWindow {
+			out.RatePerSec = min(out.RatePerSec, h.share.RatePerSec)
+			out.Burst = min(out.Burst, h.share.Burst)
+		}
 		out.Concurrency = min(out.Concurrency, h.share.Concurrency)
 	}
 	if out.RatePerSec <= 0 || out.Concurrency <= 0 {

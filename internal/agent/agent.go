@@ -101,6 +101,13 @@ func Start(cfg Config) (*Agent, error) {
 	sc := cfg.Sync
 	sc.Logger = cfg.Logger
 	sc.Registry = n.Registry()
+	if sc.CallGrace == 0 {
+		// A query holds its concurrency slot for all of its HTTP calls (Cisco: two per
+		// card), each bounded by the account's timeout.
+		for _, ac := range cfg.Accounts {
+			sc.CallGrace = max(sc.CallGrace, time.Duration(carrier.CallsPerQuery(ac.Carrier))*ac.Timeout)
+		}
+	}
 	sy, err := syncer.New(sc, n, n.FSM(), n, accounts)
 	if err != nil {
 		_ = n.Kill()
