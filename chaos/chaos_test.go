@@ -42,10 +42,11 @@ const (
 	// callTimeout bounds each carrier HTTP call from the moment the limiter admits it. A
 	// member paused with an admitted call that has not gone out yet abandons it after
 	// this long, before the others can use its quota share (failure detection, at least
-	// about 1 s with the fast profile, plus the share grace of 2 polls + 1 s). The same
+	// about 1 s with the fast profile, plus the share grace of 2 polls + 1 s); it is
+	// also the call grace a moving concurrency slot waits (2 calls). The same
 	// rule holds for the defaults: carrier timeout 5 s against lan detection (5-6 s)
 	// plus a 3 s grace.
-	callTimeout = 2 * time.Second
+	callTimeout = time.Second
 )
 
 func envInt(name string, def int) int {
