@@ -274,29 +274,11 @@ func shareDeps(st *fsm.FSM) (map[string]fsm.Enterprise, map[string]fsm.Account, 
 }
 
 // ringFractions is each member's fraction of each account's due work under the ring's
-// owners: the cards of the shards that are due (or wait for a quota share), split evenly
-// over the shard's enterprises and counted for every account those enterprises use; an
-// account without due work is split evenly over the members. This is the split the
-// syncer's shares follow once every claim is held by its ring owner.
+// owners, by the syncer's own rule (syncer.ShareWeights); an account without due work is
+// split evenly over the members. This is the split the syncer's shares follow once every
+// claim is held by its ring owner.
 func ringFractions(shards []fsm.ShardState, owners map[string]string, ents map[string]fsm.Enterprise, members []string, now time.Time) map[string]map[string]float64 {
-	weight := map[string]map[string]float64{}
-	for _, s := range shards {
-		due := s.Checkpoint.State == fsm.StateRunning || !s.Checkpoint.NextRunAt.After(now) ||
-			strings.Contains(s.Checkpoint.Reason, "quota:")
-		owner := owners[s.ID]
-		if owner == "" || !due || len(s.Enterprises) == 0 {
-			continue
-		}
-		per := float64(s.Cards) / float64(len(s.Enterprises))
-		for _, eid := range s.Enterprises {
-			for _, a := range ents[eid].Accounts {
-				if weight[a] == nil {
-					weight[a] = map[string]float64{}
-				}
-				weight[a][owner] += per
-			}
-		}
-	}
+	weight := syncer.ShareWeights(shards, owners, ents, now)
 	out := map[string]map[string]float64{}
 	for _, e := range ents {
 		for _, a := range e.Accounts {

@@ -60,20 +60,14 @@ func TestShareWeightsFollowLiveClaims(t *testing.T) {
 		{ID: "s1", Cards: 10, Enterprises: []string{"e"}, Owner: "a", LeaseUntil: now.Add(time.Second), Checkpoint: fsm.Checkpoint{State: fsm.StateRunning}},
 		{ID: "s2", Cards: 30, Enterprises: []string{"e"}, Owner: "b", LeaseUntil: now.Add(time.Second), Checkpoint: fsm.Checkpoint{State: fsm.StateRunning}},
 		{ID: "s3", Cards: 5, Enterprises: []string{"e"}, Owner: "b", LeaseUntil: now.Add(-time.Second), Checkpoint: fsm.Checkpoint{NextRunAt: now}},
-		{ID: "s4", Group: 1, Cards: 12, Enterprises: []string{"e"}, Checkpoint: fsm.Checkpoint{NextRunAt: now}},
-		{ID: "s5", Group: 1, Cards: 4, Enterprises: []string{"e"}, Checkpoint: fsm.Checkpoint{NextRunAt: now}},
-		{ID: "s6", Group: 1, Cards: 50, Enterprises: []string{"e"}, Checkpoint: fsm.Checkpoint{NextRunAt: now.Add(time.Hour)}},
 	}
 	tests := []struct {
 		name   string
 		owners map[string]string
 		want   map[string]float64
 	}{
-		{"a alone on its ring", map[string]string{"s1": "a", "s2": "a", "s3": "a", "s4": "a", "s5": "a"}, map[string]float64{"a": 10 + 8, "b": 30}},
-		{"b alone on its ring", map[string]string{"s1": "b", "s2": "b", "s3": "b", "s4": "b", "s5": "b"}, map[string]float64{"a": 10, "b": 30 + 8}},
-		// s3 waits behind its group's live claim (s1 or s2 in group 0); group 1 has no
-		// live claim, so its two due shards count half each for their ring owners.
-		{"rings agree", map[string]string{"s1": "b", "s2": "b", "s3": "b", "s4": "a", "s5": "b"}, map[string]float64{"a": 10 + 6, "b": 30 + 2}},
+		{"a alone on its ring", map[string]string{"s1": "a", "s2": "a", "s3": "a"}, map[string]float64{"a": 15, "b": 30}},
+		{"b alone on its ring", map[string]string{"s1": "b", "s2": "b", "s3": "b"}, map[string]float64{"a": 10, "b": 35}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -421,49 +421,26 @@ func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string,
 	s.mu.Unlock()
 }
 
-// shareWeights returns, per account, each node's due work: the cards of the due shards
-// it works, counted the way they can run. A shard with a live claim counts for the
-// claim's owner, whatever this node's ring says: the claim is replicated, so every node
-// agrees on it, while rings disagree for a while after a partition heals (a member that
-// was cut off still sees itself alone and would take the whole quota while the others
-// count its shards as theirs). Groups run one shard at a time, so a group with a live
-// claim counts that shard only: its other due shards wait their turn and must not draw
-// quota to the nodes that will run them later, away from the nodes that have work now.
-// A group with no live claim counts its due shards for their ring owners, split evenly
-// between them, since any one of them may run next.
+// shareWeights returns, per account, each node's due work: the cards of the due shards it
+// works. A shard with a live claim counts for the claim's owner, whatever this node's ring
+// says: the claim is replicated, so every node agrees on it, while rings disagree for a
+// while after a partition heals (a member that was cut off still sees itself alone and
+// would take the whole quota while the others count its shards as theirs). A shard
+// without a live claim counts for its ring owner.
 func shareWeights(shards []fsm.ShardState, owners map[string]string, ents map[string]fsm.Enterprise, now time.Time) map[string]map[string]float64 {
-	// A shard whose cards wait for a quota share still wants that share: counting it
-	// keeps the split stable instead of flapping with every retry.
-	wants := func(sh fsm.ShardState) bool {
-		return due(sh, now) || strings.Contains(sh.Checkpoint.Reason, quotaPrefix)
-	}
-	live := map[int]bool{}   // groups with a live claim
-	waiting := map[int]int{} // due shards of groups without one
-	for _, sh := range shards {
-		if sh.LiveClaim(now) {
-			live[sh.Group] = true
-		}
-	}
-	for _, sh := range shards {
-		if !live[sh.Group] && wants(sh) {
-			waiting[sh.Group]++
-		}
-	}
 	weight := map[string]map[string]float64{} // account -> owner -> due cards
 	for _, sh := range shards {
-		owner, part := owners[sh.ID], 1.0
-		switch {
-		case sh.LiveClaim(now):
+		owner := owners[sh.ID]
+		if sh.LiveClaim(now) {
 			owner = sh.Owner
-		case live[sh.Group]:
-			continue
-		default:
-			part = 1 / float64(max(1, waiting[sh.Group]))
 		}
-		if owner == "" || !wants(sh) || len(sh.Enterprises) == 0 {
+		// A shard whose cards wait for a quota share still wants that share: counting it
+		// keeps the split stable instead of flapping with every retry.
+		wants := due(sh, now) || strings.Contains(sh.Checkpoint.Reason, quotaPrefix)
+		if owner == "" || !wants || len(sh.Enterprises) == 0 {
 			continue
 		}
-		per := part * float64(sh.Cards) / float64(len(sh.Enterprises))
+		per := float64(sh.Cards) / float64(len(sh.Enterprises))
 		for _, eid := range sh.Enterprises {
 			for _, a := range ents[eid].Accounts {
 				if weight[a] == nil {
