@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"cardsync/fsm"
 	"cardsync/testcluster"
 )
 
@@ -66,9 +67,16 @@ func TestBackupRestoresNewCluster(t *testing.T) {
 	joined := dst.Add()
 	dst.WaitStable(60 * time.Second)
 	for _, m := range dst.Members {
+		var got fsm.Counts
+		var gotErr error
+		defer func() {
+			if t.Failed() {
+				t.Logf("%s: counts %+v (%v), want %+v, applied %d, raft %s", m.Name, got, gotErr, want, m.Node().FSM().AppliedIndex(), m.Node().Raft().State())
+			}
+		}()
 		testcluster.WaitFor(t, 60*time.Second, m.Name+" has the restored state", func() bool {
-			c, err := m.Node().FSM().Counts()
-			return err == nil && c == want
+			got, gotErr = m.Node().FSM().Counts()
+			return gotErr == nil && got == want
 		})
 	}
 	ctx := testcluster.Ctx(t, 20*time.Second)
