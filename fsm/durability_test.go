@@ -22,18 +22,9 @@ func openDurable(t testing.TB, path string, mod func(*Config)) *FSM {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Path = path
-	cfg.MmapSize = 64 << 20
 	cfg.SyncInterval = time.Hour
 	cfg.BootID = bootIs("boot-a")
-	if mod != nil {
-		mod(&cfg)
-	}
-	f, err := Open(cfg, nil)
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
-	return f
+	return openConfig(t, cfg, mod)
 }
 
 func readMarkerT(t testing.TB, dbPath string) (marker, bool) {

@@ -25,6 +25,13 @@ func openTest(t testing.TB, mod func(*Config)) *FSM {
 	cfg := DefaultConfig()
 	cfg.Path = filepath.Join(t.TempDir(), "fsm.db")
 	cfg.NoSync = true
+	return openConfig(t, cfg, mod)
+}
+
+// openConfig opens an FSM with cfg (after mod, and a 64 MiB initial map) and closes it
+// when the test ends.
+func openConfig(t testing.TB, cfg Config, mod func(*Config)) *FSM {
+	t.Helper()
 	cfg.MmapSize = 64 << 20
 	if mod != nil {
 		mod(&cfg)

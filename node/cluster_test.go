@@ -42,13 +42,19 @@ func getJSON(t testing.TB, url string, out any) int {
 	return resp.StatusCode
 }
 
-// A single-node agent on a temp dir: propose, read back over HTTP, stop, restart, still there.
-func TestSingleNodeProposeRestart(t *testing.T) {
-	dir := t.TempDir()
+// devConfig is a single dev node's configuration on dir, every address on a free
+// loopback port.
+func devConfig(dir string) node.Config {
 	cfg := node.DefaultConfig()
 	cfg.DataDir = dir
 	cfg.Dev = true
 	cfg.GossipAddr, cfg.RaftAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	return cfg
+}
+
+// A single-node agent on a temp dir: propose, read back over HTTP, stop, restart, still there.
+func TestSingleNodeProposeRestart(t *testing.T) {
+	cfg := devConfig(t.TempDir())
 	n, err := node.New(cfg)
 	if err != nil {
 		t.Fatal(err)

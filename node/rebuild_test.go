@@ -52,10 +52,7 @@ func TestFSMRebuiltFromRaftAfterCrash(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			cfg := node.DefaultConfig()
-			cfg.DataDir = dir
-			cfg.Dev = true
-			cfg.GossipAddr, cfg.RaftAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+			cfg := devConfig(dir)
 			n, err := node.New(cfg)
 			if err != nil {
 				t.Fatal(err)

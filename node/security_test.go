@@ -40,12 +40,9 @@ const testToken = "s3cr3t-admin-token-0123456789"
 
 func startDevNode(t *testing.T, mutate func(*node.Config)) *node.Node {
 	t.Helper()
-	cfg := node.DefaultConfig()
-	cfg.DataDir = t.TempDir()
-	cfg.Dev = true
+	cfg := devConfig(t.TempDir())
 	cfg.Profile = "fast"
 	cfg.FSMNoSync = true
-	cfg.GossipAddr, cfg.RaftAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	if mutate != nil {
 		mutate(&cfg)
 	}

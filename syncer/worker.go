@@ -327,6 +327,7 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 					oldest = b
 				}
 			}
+			readOn := false
 			switch {
 			case oldest != nil && (exhausted || oldest.first == frontier()):
 				dispatch(oldest)
@@ -344,11 +345,12 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 				// Nothing to send or wait for: nothing holds the cursor back, so the
 				// walk is not really ahead; read on.
 				advance()
-				goto walkCard
+				readOn = true
 			}
-			continue
+			if !readOn {
+				continue
+			}
 		}
-	walkCard:
 
 		c := page[pi]
 		pi++
