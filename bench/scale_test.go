@@ -115,14 +115,7 @@ func scaleCatalog(ctx context.Context, b *testing.B, c *scaleCluster, via *scale
 func scaleScheduleAhead(ctx context.Context, b *testing.B, c *scaleCluster) int {
 	b.Helper()
 	l := c.leader()
-	var list struct {
-		Shards []struct {
-			ID string `json:"id"`
-		} `json:"shards"`
-	}
-	if err := c.getJSON(l.http, "/v1/shards", &list); err != nil {
-		b.Fatalf("list shards: %v", err)
-	}
+	shards := c.shardIDs(b, l.http)
 	next := time.Now().Add(24 * time.Hour).UTC()
 	ids := make(chan string)
 	errs := make(chan error, scaleWriters)
@@ -141,8 +134,8 @@ func scaleScheduleAhead(ctx context.Context, b *testing.B, c *scaleCluster) int 
 			}
 		}()
 	}
-	for _, s := range list.Shards {
-		ids <- s.ID
+	for _, id := range shards {
+		ids <- id
 	}
 	close(ids)
 	wg.Wait()
@@ -159,10 +152,10 @@ func scaleScheduleAhead(ctx context.Context, b *testing.B, c *scaleCluster) int 
 			}
 			due, run := m[`cardsync_shards_by_state{state="due"}`], m[`cardsync_shards_by_state{state="running"}`]
 			idle := m[`cardsync_shards_by_state{state="idle"}`]
-			return due == 0 && run == 0 && int(idle) == len(list.Shards), fmt.Sprintf("due %v running %v idle %v", due, run, idle)
+			return due == 0 && run == 0 && int(idle) == len(shards), fmt.Sprintf("due %v running %v idle %v", due, run, idle)
 		})
 	}
-	return len(list.Shards)
+	return len(shards)
 }
 
 // scaleSamples is how many RSS samples (one a second) and poll rounds are measured.
@@ -556,14 +549,7 @@ func scaleCompactLog(ctx context.Context, b *testing.B, c *scaleCluster) int {
 	// Raft snapshots after SnapshotThreshold (8192) new entries and keeps TrailingLogs
 	// (10240) entries behind the snapshot.
 	target := max(uint64(10240+500), lastSnap+8192+500)
-	var list struct {
-		Shards []struct {
-			ID string `json:"id"`
-		} `json:"shards"`
-	}
-	if err := c.getJSON(l.http, "/v1/shards", &list); err != nil {
-		b.Fatalf("list shards: %v", err)
-	}
+	shards := c.shardIDs(b, l.http)
 	next := time.Now().Add(24 * time.Hour).UTC()
 	written := 0
 	for {
@@ -595,7 +581,7 @@ func scaleCompactLog(ctx context.Context, b *testing.B, c *scaleCluster) int {
 			}()
 		}
 		for i := 0; i < n; i++ {
-			ids <- list.Shards[(written+i)%len(list.Shards)].ID
+			ids <- shards[(written+i)%len(shards)]
 		}
 		close(ids)
 		wg.Wait()
@@ -608,4 +594,22 @@ func scaleCompactLog(ctx context.Context, b *testing.B, c *scaleCluster) int {
 		return scaleCompactRE.MatchString(logText()), ""
 	})
 	return written
+}
+
+// shardIDs lists every shard id through a node's API.
+func (c *scaleCluster) shardIDs(b *testing.B, addr string) []string {
+	b.Helper()
+	var list struct {
+		Shards []struct {
+			ID string `json:"id"`
+		} `json:"shards"`
+	}
+	if err := c.getJSON(addr, "/v1/shards", &list); err != nil {
+		b.Fatalf("list shards: %v", err)
+	}
+	ids := make([]string, len(list.Shards))
+	for i, sh := range list.Shards {
+		ids[i] = sh.ID
+	}
+	return ids
 }
