@@ -80,7 +80,7 @@ func TestHardKillOwnerResumesFromCursor(t *testing.T) {
 		return len(owned) == 0
 	})
 	t.Logf("claims of the killed member revoked %v after the kill", time.Since(killedAt))
-	waitAllSynced(t, c, 180*time.Second)
+	waitAllSynced(t, c, 300*time.Second)
 	refetched := 0
 	for _, v := range fetchCounts(c.Sim) {
 		if v > 1 {
@@ -202,7 +202,7 @@ func TestJoinHandsOffWithoutRefetch(t *testing.T) {
 	})
 	joined := c.Add()
 	c.WaitStable(30 * time.Second)
-	waitAllSynced(t, c, 180*time.Second)
+	waitAllSynced(t, c, 300*time.Second)
 	l := c.WaitLeader(10 * time.Second).Node()
 	ran := false
 	shards, _ := l.FSM().Shards(fsm.ShardFilter{})

@@ -156,6 +156,11 @@ func New(t testing.TB, opts Options) *Cluster {
 		}
 		c.Sim = s
 		c.accounts, c.Catalog = agent.DevCatalog(s, specs)
+		for i := range c.accounts {
+			// The simulator answers in milliseconds on loopback: a 2 s call timeout keeps
+			// the call grace of a moving concurrency slot (2 calls x timeout) at 4 s.
+			c.accounts[i].Timeout = 2 * time.Second
+		}
 		if opts.Accounts != nil {
 			opts.Accounts(c.accounts)
 		}
