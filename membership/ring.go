@@ -68,6 +68,9 @@ type Ring struct {
 	members []string // sorted, unique
 	points  []point  // sorted by hash, then member
 	vnodes  int
+	// seats is the join order, present and absent members (NewRingSeats);
+	// nil for a ring built by NewRing, whose join order is by name.
+	seats []Seat
 }
 
 // NewRing builds a ring of the given members with vnodes points each
@@ -195,12 +198,6 @@ func (r *Ring) Capacity(n int, eps float64) int {
 	return c
 }
 
-// Assign maps every key to a member with consistent hashing with bounded
-// loads, using DefaultLoadEpsilon. See AssignBounded.
-func (r *Ring) Assign(keys []string) map[string]string {
-	return r.AssignBounded(keys, DefaultLoadEpsilon)
-}
-
 // overflowKey is a key that its ring owner cannot keep: its index in the
 // caller's key slice, its ring owner and point, and its clockwise distance
 // to that point.
@@ -212,7 +209,9 @@ type overflowKey struct {
 }
 
 // AssignBounded maps every key to a member with consistent hashing with
-// bounded loads, in two passes. First every key goes to its ring owner (the
+// bounded loads, in two passes, from the member set alone (no join order).
+// Assign is what cardsync uses; AssignBounded is the stateless rule it is
+// measured against (membership/DESIGN.md). First every key goes to its ring owner (the
 // first member clockwise, as Owner). Then every member holding more than
 // Capacity(keys, eps) keys keeps the keys nearest to its points (smallest
 // clockwise distance) and gives up the rest; the given-up keys, taken in
