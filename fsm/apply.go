@@ -108,6 +108,8 @@ func (a *applier) apply(index uint64, data []byte) (any, error) {
 		res, err = a.advanceSubscription(p)
 	case *SetSubscriptionPaused:
 		res, err = a.setSubscriptionPaused(p)
+	case *SetSeat:
+		res, err = a.setSeat(p)
 	default:
 		return fmt.Errorf("%w: %s", ErrUnknownCommand, cmd.Type), nil
 	}

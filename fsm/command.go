@@ -37,8 +37,10 @@ const (
 	TypeClaimSubscription     Type = 17
 	TypeAdvanceSubscription   Type = 18
 	TypeSetSubscriptionPaused Type = 19
+	// The join order the ring's assignment replays.
+	TypeSetSeat Type = 20
 
-	lastType = TypeSetSubscriptionPaused
+	lastType = TypeSetSeat
 )
 
 var typeNames = [...]string{
@@ -62,6 +64,7 @@ var typeNames = [...]string{
 	TypeClaimSubscription:     "claim_subscription",
 	TypeAdvanceSubscription:   "advance_subscription",
 	TypeSetSubscriptionPaused: "set_subscription_paused",
+	TypeSetSeat:               "set_seat",
 }
 
 // Valid reports whether t is a known command type.
@@ -262,6 +265,8 @@ func newPayload(t Type) any {
 		return new(AdvanceSubscription)
 	case TypeSetSubscriptionPaused:
 		return new(SetSubscriptionPaused)
+	case TypeSetSeat:
+		return new(SetSeat)
 	}
 	return nil
 }
@@ -307,6 +312,8 @@ func payloadType(p any) (Type, bool) {
 		return TypeAdvanceSubscription, true
 	case SetSubscriptionPaused, *SetSubscriptionPaused:
 		return TypeSetSubscriptionPaused, true
+	case SetSeat, *SetSeat:
+		return TypeSetSeat, true
 	}
 	return 0, false
 }

@@ -218,6 +218,7 @@ func (n *Node) leaderLoop(ctx context.Context) {
 		if err := n.reconcile(ctx); err != nil && ctx.Err() == nil {
 			n.logger.Warn("reconcile", "error", err)
 		}
+		n.reseat(ctx)
 	}
 }
 
@@ -231,6 +232,9 @@ func (n *Node) reconcilePending() bool {
 	servers := map[string]raft.Server{}
 	for _, s := range f.Configuration().Servers {
 		servers[string(s.ID)] = s
+	}
+	if len(n.seatChanges(servers)) > 0 {
+		return true
 	}
 	for _, m := range n.members.Members() {
 		s, in := servers[m.Name]
@@ -377,6 +381,66 @@ func (n *Node) reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// seatChanges lists the seat commands the leader would propose: a seat for every ring
+// member (alive, ready, not draining) that has none, and the removal of the seat of a
+// member that is gone for good (dead or left for longer than the reap timeout, or unknown
+// to gossip and not in the Raft configuration). A member that is only away keeps its
+// seat, so it gets the same shards back when it returns (membership.Ring.Assign).
+func (n *Node) seatChanges(servers map[string]raft.Server) []fsm.SetSeat {
+	seats, err := n.fsm.Seats()
+	if err != nil {
+		return nil
+	}
+	seated := make(map[string]bool, len(seats))
+	for _, s := range seats {
+		seated[s.Node] = true
+	}
+	members := n.members.Members()
+	known := make(map[string]membership.Member, len(members))
+	var out []fsm.SetSeat
+	for _, m := range members {
+		known[m.Name] = m
+		if !seated[m.Name] && m.State == membership.StateAlive && m.Meta.Ready && !m.Meta.Draining && !m.Meta.Leaving {
+			out = append(out, fsm.SetSeat{Node: m.Name})
+		}
+	}
+	for _, s := range seats {
+		m, ok := known[s.Node]
+		_, inRaft := servers[s.Node]
+		gone := (m.State == membership.StateDead || m.State == membership.StateLeft) &&
+			time.Since(m.Since) > n.cfg.DeadServerReapTimeout
+		if (!ok && !inRaft) || (ok && gone) {
+			out = append(out, fsm.SetSeat{Node: s.Node, Remove: true})
+		}
+	}
+	return out
+}
+
+// reseat proposes the seat changes (seatChanges); the leader runs it with reconcile.
+func (n *Node) reseat(ctx context.Context) {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	servers := map[string]raft.Server{}
+	for _, s := range f.Configuration().Servers {
+		servers[string(s.ID)] = s
+	}
+	for _, c := range n.seatChanges(servers) {
+		cmd, err := fsm.Encode(fsm.TypeSetSeat, c)
+		if err != nil {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if _, err := n.Propose(pctx, cmd); err != nil {
+			n.logger.Warn("seat change", "node", c.Node, "remove", c.Remove, "error", err)
+		} else {
+			n.logger.Info("seat change", "node", c.Node, "remove", c.Remove)
+		}
+		cancel()
+	}
+}
+
 // revokeDeparted revokes the shard claims of members that gossip declares dead or left, so
 // their shards are taken over at once instead of after the lease.
 func (n *Node) revokeDeparted(ctx context.Context) {
@@ -483,15 +547,40 @@ func (n *Node) ringMembers() []string {
 	return names
 }
 
+// ringSeats returns the ring's join order: the replicated seats, each marked absent
+// unless its member is on the ring, then the ring members not seated yet, by name.
+func (n *Node) ringSeats(present []string) []membership.Seat {
+	onRing := make(map[string]bool, len(present))
+	for _, m := range present {
+		onRing[m] = true
+	}
+	seats, err := n.fsm.Seats()
+	if err != nil {
+		n.logger.Warn("read seats", "error", err)
+	}
+	out := make([]membership.Seat, 0, len(seats)+len(present))
+	for _, s := range seats {
+		out = append(out, membership.Seat{Name: s.Node, Absent: !onRing[s.Node]})
+		delete(onRing, s.Node)
+	}
+	for _, m := range present { // sorted
+		if onRing[m] {
+			out = append(out, membership.Seat{Name: m})
+		}
+	}
+	return out
+}
+
 func (n *Node) updateRing() {
 	names := n.ringMembers()
+	seats := n.ringSeats(names)
 	n.ringMu.Lock()
 	defer n.ringMu.Unlock()
-	if slices.Equal(names, n.ring.Members()) {
+	if slices.Equal(seats, n.ring.Seats()) {
 		return
 	}
-	n.ring = membership.NewRing(names, n.cfg.RingVnodes)
-	n.logger.Info("ring changed", "members", names)
+	n.ring = membership.NewRingSeats(seats, n.cfg.RingVnodes)
+	n.logger.Info("ring changed", "members", names, "seats", len(seats))
 	for _, ch := range n.ringSubs {
 		select {
 		case ch <- struct{}{}:

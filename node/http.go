@@ -236,8 +236,18 @@ func (n *Node) handleRing(w http.ResponseWriter, r *http.Request) {
 	for _, name := range ring.Members() {
 		ms = append(ms, member{Name: name, Share: shares[name], Shards: counts[name]})
 	}
+	// The join order that Assign replays: every seat, absent ones included.
+	type seat struct {
+		Name   string `json:"name"`
+		Absent bool   `json:"absent"`
+	}
+	seats := []seat{}
+	for _, s := range ring.Seats() {
+		seats = append(seats, seat{Name: s.Name, Absent: s.Absent})
+	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"members": ms,
+		"seats":   seats,
 		"vnodes":  n.cfg.RingVnodes,
 		"owners":  owners,
 	})

@@ -230,6 +230,18 @@ func runClient(ctx context.Context, cmd string, args []string, stdout, stderr io
 				fmt.Fprintf(tw, "%v\t%.1f%%\t%v\n", mm["name"], toFloat(mm["share"])*100, mm["shards"])
 			}
 		}
+		if ss, ok := r["seats"].([]any); ok && len(ss) > 0 {
+			var order []string
+			for _, s := range ss {
+				sm, _ := s.(map[string]any)
+				name := fmt.Sprint(sm["name"])
+				if absent, _ := sm["absent"].(bool); absent {
+					name += " (absent)"
+				}
+				order = append(order, name)
+			}
+			fmt.Fprintf(tw, "join order: %s\n", strings.Join(order, ", "))
+		}
 		return tw.Flush()
 	case "shards":
 		q := url.Values{}
