@@ -36,8 +36,10 @@ const (
 	maxCmdBytes  = 64 << 20
 )
 
-// forwarder sends proposals from a follower to the leader's internal HTTP endpoint over
-// pooled connections, signing each request with the cluster secret.
+// forwarder sends proposals from a follower to the leader: over one long-lived
+// multiplexed stream per leader (forward_stream.go), or as one POST per proposal to a
+// leader that does not take the stream, signing each request or frame with the cluster
+// secret. It also signs and checks the other internal requests.
 type forwarder struct {
 	secret []byte
 	// scheme is "https" when TLS is on; mtls then also accepts a verified client
@@ -48,6 +50,13 @@ type forwarder struct {
 	tr     *http.Transport
 
 	replay replayGuard
+
+	// Forwarding streams, one per leader address (forward_stream.go).
+	smu     sync.Mutex
+	streams map[string]*fwdStream
+	dialing map[string]*dialCall
+	refused map[string]time.Time // leaders that answered the upgrade with a plain reply, until when
+	closed  bool
 }
 
 // replayGuard remembers the signatures of the last 2*maxSkew so a signed request cannot
@@ -110,7 +119,10 @@ func newForwarder(secret string) *forwarder {
 	}
 }
 
-func (f *forwarder) close() { f.tr.CloseIdleConnections() }
+func (f *forwarder) close() {
+	f.closeStreams()
+	f.tr.CloseIdleConnections()
+}
 
 func (f *forwarder) mac(ts string, body []byte) string {
 	h := hmac.New(sha256.New, f.secret)
@@ -194,7 +206,17 @@ func (n *Node) forwardOnce(ctx context.Context, cmd []byte) (*proposeReply, erro
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.forwarder.url(addr, "/internal/v1/propose"), bytes.NewReader(cmd))
+	rep, err := n.forwardStream(ctx, addr, cmd)
+	if !errors.Is(err, errStreamRefused) {
+		return rep, err
+	}
+	return n.forwardHTTP(ctx, addr, cmd)
+}
+
+// forwardHTTP forwards cmd to the leader at addr as one POST (a leader that does not
+// speak the stream protocol).
+func (n *Node) forwardHTTP(ctx context.Context, addr string, cmd []byte) (*proposeReply, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.forwarder.url(addr, proposePath), bytes.NewReader(cmd))
 	if err != nil {
 		return nil, err
 	}
@@ -270,6 +292,10 @@ func errorFromCode(code, msg string) error {
 }
 
 func (n *Node) handlePropose(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Upgrade") == streamProto {
+		n.serveForwardStream(w, r)
+		return
+	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxCmdBytes+1))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "read body: "+err.Error())
