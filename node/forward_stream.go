@@ -240,6 +240,9 @@ func (f *forwarder) upgrade(ctx context.Context, conn net.Conn, addr string) (*f
 		_ = resp.Body.Close()
 		return nil, fmt.Errorf("%w: status %d", errStreamRefused, resp.StatusCode)
 	}
+	if !stop() {
+		return nil, ctx.Err() // the context ended as the switch completed
+	}
 	_ = conn.SetDeadline(time.Time{})
 	s := &fwdStream{
 		addr:    addr,
@@ -346,6 +349,8 @@ func (s *fwdStream) propose(ctx context.Context, cmd []byte) (replyFrame, error)
 		fr.mac = frameMAC(s.key, id, timeoutMillis(timeout), cmd)
 	}
 	s.buf = appendProposeFrame(s.buf[:0], fr)
+	// A leader that stops reading fails the stream rather than hold every proposer.
+	_ = s.conn.SetWriteDeadline(time.Now().Add(streamReplyWait))
 	n, werr := s.conn.Write(s.buf)
 	whole := n == len(s.buf)
 	if cap(s.buf) > 1<<20 {
@@ -486,6 +491,7 @@ func (n *Node) serveForwardStream(w http.ResponseWriter, r *http.Request) {
 			rep := n.applyForwarded(ctx, fr)
 			out := appendReplyFrame(nil, rep)
 			wmu.Lock()
+			_ = conn.SetWriteDeadline(time.Now().Add(streamReplyWait))
 			_, err := conn.Write(out)
 			wmu.Unlock()
 			if err != nil {
