@@ -215,6 +215,11 @@ func (s *Syncer) poll(ctx context.Context) {
 	if maint || !ready {
 		return
 	}
+	if s.cluster.LeaderContact() > s.contactLimit() {
+		// Cut off from the leader, a claim cannot commit: each would only wait out its
+		// timeout and hold up the next round (and the share update in it).
+		return
+	}
 
 	liveGroup := map[int]string{}
 	for _, sh := range shards {
@@ -272,6 +277,9 @@ func (s *Syncer) poll(ctx context.Context) {
 		if err != nil {
 			s.m.claims.WithLabelValues("rejected").Inc()
 			s.log.Debug("claim rejected", "shard", sh.ID, "error", err)
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+				break // the leader is unreachable: the next round tries again
+			}
 			continue
 		}
 		s.m.claims.WithLabelValues("granted").Inc()
