@@ -40,6 +40,10 @@ type Config struct {
 	// MmapSize is bbolt's initial mmap size in bytes; a large value lets writers grow the
 	// file without waiting for readers to finish (0 means the default, 1 GiB).
 	MmapSize int
+	// ReleaseIdle: after this long without a commit, the FSM releases its map of the
+	// file (the pages stay in the kernel's page cache; see release_linux.go), so an idle
+	// node's resident set is what it uses. Zero never releases.
+	ReleaseIdle time.Duration
 }
 
 // DefaultConfig returns a Config with every default filled in except Path.
@@ -49,6 +53,7 @@ func DefaultConfig() Config {
 		ChangeRetention: DefaultChangeRetention,
 		MmapSize:        DefaultMmapSize,
 		SyncInterval:    DefaultSyncInterval,
+		ReleaseIdle:     DefaultReleaseIdle,
 	}
 }
 
@@ -66,6 +71,9 @@ func (c Config) Validate() error {
 	}
 	if c.MmapSize < 0 {
 		errs = append(errs, fmt.Errorf("mmap size %d is negative", c.MmapSize))
+	}
+	if c.ReleaseIdle < 0 {
+		errs = append(errs, fmt.Errorf("release idle %v is negative", c.ReleaseIdle))
 	}
 	if c.SyncInterval < 0 {
 		errs = append(errs, fmt.Errorf("sync interval %v is negative", c.SyncInterval))

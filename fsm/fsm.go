@@ -55,6 +55,12 @@ type FSM struct {
 	stop       chan struct{}
 	loopDone   chan struct{}
 	stopOnce   sync.Once
+
+	// Releasing the file's map when idle (release.go).
+	releases    atomic.Uint64
+	releaseStop chan struct{}
+	releaseDone chan struct{}
+	releaseOnce sync.Once
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -101,6 +107,9 @@ func Open(cfg Config, logger hclog.Logger) (*FSM, error) {
 	if f.mode == syncDeferred {
 		f.startSyncLoop()
 	}
+	if cfg.ReleaseIdle > 0 {
+		f.startReleaseLoop()
+	}
 	logger.Debug("opened", "path", cfg.Path, "applied_index", idx, "sync", f.mode, "rebuilt", f.rebuilt)
 	return f, nil
 }
@@ -140,6 +149,7 @@ func initDB(db *bolt.DB) (uint64, error) {
 // Queries after Close return ErrClosed.
 func (f *FSM) Close() error {
 	f.stopSyncLoop()
+	f.stopReleaseLoop()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.db == nil {
