@@ -137,13 +137,19 @@ func newCardsyncStore(tb testing.TB, w workload, plans []*shardPlan) *cardsyncSt
 // writerName is the owner name writer w claims shards with.
 func writerName(w int) string { return fmt.Sprintf("writer-%d", w) }
 
-func (s *cardsyncStore) propose(ctx context.Context, w int, t fsm.Type, p any) (*fsm.Result, error) {
+// propose proposes through writer w's node; committedOnly returns once the leader has
+// applied the command, without waiting for the writer's replica (node.ProposeCommitted),
+// as the syncer's worker does for the flushes in the middle of a round.
+func (s *cardsyncStore) propose(ctx context.Context, w int, t fsm.Type, p any, committedOnly bool) (*fsm.Result, error) {
 	cmd, err := fsm.Encode(t, p)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, proposeWait)
 	defer cancel()
+	if committedOnly {
+		return s.nodes[w].ProposeCommitted(ctx, cmd)
+	}
 	return s.nodes[w].Propose(ctx, cmd)
 }
 
@@ -159,7 +165,7 @@ func (s *cardsyncStore) claim(ctx context.Context, w int, sh *shardPlan) (claimT
 	epoch := max(cur.Epoch, s.epochs[sh.id])
 	s.mu.Unlock()
 	// As the syncer does, the claim starts the task in the same Raft entry.
-	res, err := s.propose(ctx, w, fsm.TypeClaim, fsm.Claim{Shard: sh.id, Node: writerName(w), Epoch: epoch, Lease: benchLease, StartTask: true})
+	res, err := s.propose(ctx, w, fsm.TypeClaim, fsm.Claim{Shard: sh.id, Node: writerName(w), Epoch: epoch, Lease: benchLease, StartTask: true}, false)
 	if err != nil {
 		return claimToken{}, err
 	}
@@ -170,12 +176,13 @@ func (s *cardsyncStore) claim(ctx context.Context, w int, sh *shardPlan) (claimT
 }
 
 // flush proposes fsm.Flush; the last flush of a shard closes the task and releases the
-// claim, as the syncer's worker does when a shard is done.
+// claim, as the syncer's worker does when a shard is done. As in the worker, only the
+// last flush waits for the writer's own replica.
 func (s *cardsyncStore) flush(ctx context.Context, w int, f flushReq) error {
 	res, err := s.propose(ctx, w, fsm.TypeFlush, fsm.Flush{
 		Shard: f.shard.id, Node: writerName(w), Epoch: f.token.epoch, TaskID: f.token.task,
 		Cursor: f.cursor, Results: f.results, Done: f.last, Release: f.last, Lease: benchLease,
-	})
+	}, !f.last)
 	if err != nil {
 		return err
 	}

@@ -393,6 +393,19 @@ func (n *Node) Ready() bool { return n.ready.Load() }
 // On a follower the command is forwarded to the leader. Rule violations come back as the
 // FSM's errors (errors.Is works across forwarding).
 func (n *Node) Propose(ctx context.Context, cmd []byte) (res *fsm.Result, err error) {
+	return n.propose(ctx, cmd, true)
+}
+
+// ProposeCommitted is Propose without read-your-writes: it returns once the leader has
+// applied the command, without waiting for this node's replica to apply it too (on a
+// follower that wait is the next replication round plus an fsync and an apply). For
+// writers that do not read their write back from this node, such as a sync round's
+// intermediate flushes.
+func (n *Node) ProposeCommitted(ctx context.Context, cmd []byte) (*fsm.Result, error) {
+	return n.propose(ctx, cmd, false)
+}
+
+func (n *Node) propose(ctx context.Context, cmd []byte, readYourWrites bool) (res *fsm.Result, err error) {
 	if obs := n.proposalObserver(); obs != nil {
 		start := time.Now()
 		defer func() { obs(cmd, res, err, start, time.Now()) }()
@@ -436,7 +449,9 @@ func (n *Node) Propose(ctx context.Context, cmd []byte) (res *fsm.Result, err er
 		if err == nil {
 			// Read your writes: callers read the local replica next, so wait until it has
 			// applied the entry (a follower trails the leader by a heartbeat at most).
-			n.waitApplied(ctx, index)
+			if readYourWrites {
+				n.waitApplied(ctx, index)
+			}
 			return res, nil
 		}
 		if !retryable(err) {

@@ -541,7 +541,11 @@ func (w *worker) flush(ctx context.Context, done, release bool, reason string, n
 	// The flush must reach the FSM even while the node is stopping the worker.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	_, err := w.propose(fctx, fsm.TypeFlush, f)
+	// A flush in the middle of a round is not read back here (the worker keeps its
+	// cursor, and the leader checks the epoch of the next flush), so it need not wait for
+	// this node's replica to apply it. The last flush of a round does: the next poll reads
+	// the shard's state from the replica.
+	_, err := w.proposeWith(fctx, fsm.TypeFlush, f, !done && !release)
 	if err != nil {
 		s.m.flushes.WithLabelValues("rejected").Inc()
 		return err
@@ -578,11 +582,28 @@ func (w *worker) release(ctx context.Context, reason string, next time.Time) err
 }
 
 func (w *worker) propose(ctx context.Context, t fsm.Type, payload any) (*fsm.Result, error) {
+	return w.proposeWith(ctx, t, payload, false)
+}
+
+// committedProposer is a Proposer that can return once the leader has applied a
+// command, without waiting for this node's replica (node.Node).
+type committedProposer interface {
+	ProposeCommitted(ctx context.Context, cmd []byte) (*fsm.Result, error)
+}
+
+// proposeWith proposes a command; committedOnly skips the wait for the local replica
+// when the proposer offers it.
+func (w *worker) proposeWith(ctx context.Context, t fsm.Type, payload any, committedOnly bool) (*fsm.Result, error) {
 	cmd, err := fsm.Encode(t, payload)
 	if err != nil {
 		return nil, err
 	}
-	res, err := w.s.prop.Propose(ctx, cmd)
+	var res *fsm.Result
+	if cp, ok := w.s.prop.(committedProposer); ok && committedOnly {
+		res, err = cp.ProposeCommitted(ctx, cmd)
+	} else {
+		res, err = w.s.prop.Propose(ctx, cmd)
+	}
 	if errors.Is(err, fsm.ErrStaleEpoch) || errors.Is(err, fsm.ErrNotOwner) {
 		return nil, fmt.Errorf("%w: %v", errFenced, err)
 	}
