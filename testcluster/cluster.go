@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -435,7 +436,23 @@ func (c *Cluster) stable() bool {
 			return false
 		}
 	}
-	return c.Leader() != nil
+	l := c.Leader()
+	if l == nil {
+		return false
+	}
+	// The leader replicates to every member: each has applied close to the leader's
+	// commit index (a member just restarted can be ready by its own view while the
+	// leader is still finding its log, and a second failure then would stall commits).
+	commit, err := strconv.ParseUint(l.Node().Raft().Stats()["commit_index"], 10, 64)
+	if err != nil {
+		return false
+	}
+	for _, m := range up {
+		if m.Node().FSM().AppliedIndex()+64 < commit {
+			return false
+		}
+	}
+	return true
 }
 
 // WaitFor polls cond every 25 ms until it holds or the deadline passes, then fails the
