@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -151,12 +152,16 @@ func compareStr(a, b string) int {
 type peersInfo struct {
 	HasState bool     `json:"has_state"`
 	Servers  []string `json:"servers"`
+	// CommitIndex is the answering node's Raft commit index (the leader's is the
+	// cluster's): a follower is ready only once it has applied up to near it.
+	CommitIndex uint64 `json:"commit_index"`
 }
 
 func (n *Node) localPeers() peersInfo {
 	has, _ := n.hasState()
 	var p peersInfo
 	p.HasState = has
+	p.CommitIndex, _ = strconv.ParseUint(n.raft.Stats()["commit_index"], 10, 64)
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, s := range f.Configuration().Servers {
 			p.Servers = append(p.Servers, string(s.ID))
@@ -249,6 +254,9 @@ func (n *Node) reconcilePending() bool {
 			return true
 		case m.State == membership.StateDead || m.State == membership.StateLeft:
 			if owned, _ := n.fsm.Shards(fsm.ShardFilter{Owner: m.Name}); len(owned) > 0 {
+				return true
+			}
+			if _, revoked, _ := n.fsm.Revoked(m.Name); !revoked {
 				return true
 			}
 		}
@@ -449,7 +457,13 @@ func (n *Node) revokeDeparted(ctx context.Context) {
 			continue
 		}
 		owned, err := n.fsm.Shards(fsm.ShardFilter{Owner: m.Name})
-		if err != nil || len(owned) == 0 {
+		if err != nil {
+			continue
+		}
+		// Revoke even a member without claims, once: the mark is what tells a member
+		// behind a one-way partition (it still hears the leader) that the others have
+		// declared it departed and split its quota share among themselves.
+		if _, revoked, _ := n.fsm.Revoked(m.Name); revoked && len(owned) == 0 {
 			continue
 		}
 		cmd, err := fsm.Encode(fsm.TypeRevokeNode, fsm.RevokeNode{Node: m.Name, Reason: "owner " + m.State.String()})
@@ -516,7 +530,35 @@ func (n *Node) computeReady() bool {
 	if _, err := fmt.Sscan(n.raft.Stats()["commit_index"], &commit); err != nil {
 		return false
 	}
-	return commit <= n.raft.AppliedIndex()+250
+	if commit > n.raft.AppliedIndex()+250 {
+		return false
+	}
+	if state == raft.Leader || n.ready.Load() {
+		return true
+	}
+	// A follower's own commit index is what the leader last told it, which can be far
+	// behind (a restarted node before the leader finds its log, a node waiting for a
+	// snapshot): before it goes on the ring, it checks against the leader's.
+	return n.caughtUpWithLeader()
+}
+
+// caughtUpWithLeader asks the leader for its commit index (internal peers endpoint, at
+// most once a second) and reports whether this node has applied up to near it.
+func (n *Node) caughtUpWithLeader() bool {
+	if time.Since(n.leaderCommitAt) < time.Second {
+		return n.fsm.AppliedIndex()+250 >= n.leaderCommit
+	}
+	addr, err := n.leaderHTTPAddr()
+	if err != nil {
+		return false
+	}
+	p, err := n.remotePeers(n.ctx, addr)
+	if err != nil {
+		n.logger.Debug("leader commit index", "error", err)
+		return false
+	}
+	n.leaderCommit, n.leaderCommitAt = p.CommitIndex, time.Now()
+	return n.fsm.AppliedIndex()+250 >= p.CommitIndex
 }
 
 // ringLoop keeps the hash ring equal to the set of alive, ready, non-draining members.

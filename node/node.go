@@ -59,8 +59,11 @@ type Node struct {
 	ring     *membership.Ring
 	ringSubs []chan struct{}
 
-	ready    atomic.Bool
-	observer atomic.Pointer[observerBox]
+	ready atomic.Bool
+	// The leader's commit index as last asked by readiness (readinessLoop only).
+	leaderCommit   uint64
+	leaderCommitAt time.Time
+	observer       atomic.Pointer[observerBox]
 
 	ctx      context.Context
 	cancel   context.CancelFunc
