@@ -277,8 +277,11 @@ func (s *Syncer) poll(ctx context.Context) {
 		if err != nil {
 			s.m.claims.WithLabelValues("rejected").Inc()
 			s.log.Debug("claim rejected", "shard", sh.ID, "error", err)
-			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-				break // the leader is unreachable: the next round tries again
+			if fsm.ErrorCode(err) == fsm.CodeInternal {
+				// Not a rule of the state machine but the way there (no leader, leader
+				// unreachable, timeout): the next claims would wait the same; the next
+				// round tries again.
+				break
 			}
 			continue
 		}

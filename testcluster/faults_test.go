@@ -268,6 +268,16 @@ func TestForwardedProposalWithLostAnswerIsNotRetried(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A first proposal opens the follower's forwarding stream to the leader (without it,
+	// the stream's opening handshake is what the partition cuts, before any command is
+	// sent, and the follower rightly retries).
+	off, err := fsm.Encode(fsm.TypeSetMaintenance, fsm.SetMaintenance{On: false})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Node().Propose(Ctx(t, 10*time.Second), off); err != nil {
+		t.Fatalf("forward before the partition: %v", err)
+	}
 	c.Faults().PartitionOneWay([]string{l.Name}, []string{p.Name})
 	_, err = p.Node().Propose(Ctx(t, 10*time.Second), cmd)
 	if err == nil || !strings.Contains(err.Error(), "outcome unknown") {
