@@ -35,10 +35,14 @@ type Account struct {
 	inFlight    int
 	prioWaiting int           // prioritized queries waiting for a slot
 	wake        chan struct{} // closed and replaced when a slot frees or the share changes
-	consecutive int           // consecutive whole-call failures, for Backoff
+	// partials are queries of fewer cards than a batch waiting for a slot: the query that
+	// gets a slot takes the ones that fit into its own call (coalesce.go).
+	partials    []*partialQuery
+	consecutive int // consecutive whole-call failures, for Backoff
 
 	calls, httpCalls, successes   atomic.Uint64
 	limiterWaits, slotWaits       atomic.Uint64
+	riders                        atomic.Uint64
 	limiterWaitNanos              atomic.Int64
 	circuitRejects                atomic.Uint64
 	errorsByKind, cardErrorsByKnd [NumKinds]atomic.Uint64
@@ -57,6 +61,7 @@ type AccountStats struct {
 	LimiterWaits        uint64            // HTTP calls that had to wait for the limiter
 	LimiterWaitTime     time.Duration     // total time spent waiting for the limiter
 	SlotWaits           uint64            // Query calls that had to wait for a concurrency slot
+	Coalesced           uint64            // partial queries answered by another query's call
 	CircuitRejects      uint64            // Query calls refused because the breaker was open
 	Breaker             string            // closed | half-open | open
 	InFlight            int
@@ -185,8 +190,10 @@ func prioritized(ctx context.Context) bool {
 }
 
 // acquire takes a concurrency slot, waiting while none is free or the share is zero.
-// A prioritized query takes a free slot before any unprioritized one.
-func (a *Account) acquire(ctx context.Context) error {
+// A prioritized query takes a free slot before any unprioritized one. A waiting partial
+// query (me, nil for others) that another query takes into its call stops waiting with
+// errTaken.
+func (a *Account) acquire(ctx context.Context, me *partialQuery) error {
 	prio := prioritized(ctx)
 	waited := false
 	defer func() {
@@ -199,8 +206,14 @@ func (a *Account) acquire(ctx context.Context) error {
 	}()
 	for {
 		a.mu.Lock()
+		if me != nil && me.taken {
+			a.mu.Unlock()
+			return errTaken
+		}
 		if a.shareRate > 0 && a.inFlight < a.shareConc && (prio || a.prioWaiting == 0) {
 			a.inFlight++
+			// With the slot, this query is no longer one another may take.
+			a.removePartialLocked(me)
 			a.mu.Unlock()
 			return nil
 		}
@@ -326,15 +339,41 @@ func (a *Account) waitReservation(ctx context.Context, r *rate.Reservation) erro
 // Query waits for a concurrency slot, then calls the carrier through the
 // breaker; each HTTP call inside waits for the limiter. While the breaker is
 // open it fails at once with a KindTransient error wrapping ErrCircuitOpen.
+//
+// A query of fewer cards than the batch size that has to wait for a slot may be
+// answered by another query's call: the query that gets a slot takes the waiting
+// partial queries that fit into its batch (oldest first) and sends them in one call
+// (coalesce.go), so the shards a node runs side by side fill each other's last,
+// partial batches instead of spending a whole call on each.
 func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) {
 	if a.breaker.State() == gobreaker.StateOpen {
 		a.circuitRejects.Add(1)
 		return nil, a.circuitOpen()
 	}
-	if err := a.acquire(ctx); err != nil {
-		return nil, err
+	me := a.enqueuePartial(iccids)
+	if err := a.acquire(ctx, me); err != nil {
+		if a.dequeuePartial(me) {
+			return nil, err
+		}
+		// Taken into another query's call: its answer is this query's.
+		return me.wait(ctx)
 	}
 	defer a.release()
+	riders := a.takeRiders(len(iccids))
+	all := iccids
+	if len(riders) > 0 {
+		all = make([]string, 0, a.client.BatchSize())
+		all = append(all, iccids...)
+		for _, r := range riders {
+			all = append(all, r.iccids...)
+		}
+	}
+	res, err := a.query(ctx, all)
+	return deliver(res, err, len(iccids), riders)
+}
+
+// query sends one batch to the carrier (the caller holds a concurrency slot).
+func (a *Account) query(ctx context.Context, iccids []string) ([]Result, error) {
 	calls := CallsPerQuery(a.cfg.Carrier)
 	if a.client.BatchSize() == 1 {
 		calls *= max(1, len(iccids))
@@ -371,6 +410,12 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 	if err != nil {
 		a.errorsByKind[KindOf(err)].Add(1)
 		a.logger.Debug("query failed", "cards", len(iccids), "kind", KindOf(err).String(), "error", err)
+		return nil, err
+	}
+	if len(res) != len(iccids) {
+		err := &Error{Carrier: a.cfg.Carrier, Account: a.cfg.ID, Kind: KindTransient,
+			Message: fmt.Sprintf("%d results for %d cards", len(res), len(iccids))}
+		a.errorsByKind[KindTransient].Add(1)
 		return nil, err
 	}
 	a.successes.Add(1)
@@ -430,6 +475,7 @@ func (a *Account) Stats() AccountStats {
 	s.LimiterWaits = a.limiterWaits.Load()
 	s.LimiterWaitTime = time.Duration(a.limiterWaitNanos.Load())
 	s.SlotWaits = a.slotWaits.Load()
+	s.Coalesced = a.riders.Load()
 	s.CircuitRejects = a.circuitRejects.Load()
 	s.Breaker = strings.ToLower(a.breaker.State().String())
 	s.Errors = map[string]uint64{}

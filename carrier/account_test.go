@@ -267,7 +267,13 @@ func TestPrioritizedQueryTakesTheNextSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 	acct.SetShare(1000, 10, 1)
-	card := s.Cards(spec.ID)[0].ICCID
+	cards := s.Cards(spec.ID)
+	card := cards[0].ICCID
+	// The queued queries are full batches, so none can ride in another's call.
+	full := make([]string, acct.BatchSize())
+	for i := range full {
+		full[i] = cards[i].ICCID
+	}
 	var (
 		mu    sync.Mutex
 		order []string
@@ -275,7 +281,11 @@ func TestPrioritizedQueryTakesTheNextSlot(t *testing.T) {
 	)
 	query := func(ctx context.Context, name string) {
 		defer wg.Done()
-		if _, err := acct.Query(ctx, []string{card}); err != nil {
+		batch := []string{card}
+		if name == "queued" {
+			batch = full
+		}
+		if _, err := acct.Query(ctx, batch); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
 		mu.Lock()
@@ -310,5 +320,83 @@ func TestPrioritizedQueryTakesTheNextSlot(t *testing.T) {
 	wg.Wait()
 	if len(order) != 5 || order[0] != "first" || order[1] != "prioritized" {
 		t.Fatalf("completion order %v: the prioritized query should follow the one in flight", order)
+	}
+}
+
+// Partial queries waiting for a slot ride in the next call: one call answers them all,
+// each query gets exactly its own cards' results, in its order, and a full batch never
+// takes riders beyond the batch size.
+func TestPartialQueriesShareACall(t *testing.T) {
+	spec := testSpecs[1] // Unicom: one HTTP call per query, 50 cards per batch
+	spec.RatePerSec, spec.Burst, spec.MaxConcurrent = 1000, 10, 1
+	s := startSim(t, []sim.AccountSpec{spec})
+	if err := s.SetFaults(spec.ID, sim.Faults{LatencyMin: sim.Duration(200 * time.Millisecond), LatencyMax: sim.Duration(200 * time.Millisecond)}); err != nil {
+		t.Fatal(err)
+	}
+	acct, err := carrier.NewAccount(accountCfg(s, spec.ID), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acct.SetShare(1000, 10, 1)
+	good, _ := goodCards(t, s, spec.ID, 125)
+	if len(good) < 125 {
+		t.Fatalf("only %d good cards", len(good))
+	}
+	ids := func(from, n int) []string { return good[from : from+n] }
+	ctx := context.Background()
+	// One query holds the only slot while five partial ones (10 + 10 + 10 + 15 + 30
+	// cards) queue behind it.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if _, err := acct.Query(ctx, ids(0, 50)); err != nil {
+			t.Errorf("first: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for acct.Stats().Calls == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	sizes := []int{10, 10, 10, 15, 30}
+	got := make([][]carrier.Result, len(sizes))
+	want := make([][]string, len(sizes))
+	from := 50
+	for i, n := range sizes {
+		want[i] = ids(from, n)
+		from += n
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			res, err := acct.Query(ctx, want[i])
+			if err != nil {
+				t.Errorf("partial %d: %v", i, err)
+			}
+			got[i] = res
+		}(i)
+		// Queue them in order: each waits for the slot before the next one starts.
+		for acct.Stats().SlotWaits < uint64(i+1) && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	wg.Wait()
+	for i := range sizes {
+		if len(got[i]) != len(want[i]) {
+			t.Fatalf("partial %d: %d results for %d cards", i, len(got[i]), len(want[i]))
+		}
+		for j, r := range got[i] {
+			if r.ICCID != want[i][j] || r.Err != nil || r.Card == nil {
+				t.Fatalf("partial %d result %d: %+v, want card %s", i, j, r, want[i][j])
+			}
+		}
+	}
+	// The first call, then 10+10+10+15 = 45 cards in one call (30 more would not fit)
+	// and the 30-card query on its own, or riding with nothing: 3 calls, not 6.
+	st := acct.Stats()
+	if st.Calls != 3 || st.Coalesced != 3 {
+		t.Fatalf("%d calls, %d queries coalesced; want 3 calls, 3 coalesced", st.Calls, st.Coalesced)
+	}
+	if st.Cards != uint64(50+45+30) {
+		t.Fatalf("%d cards answered", st.Cards)
 	}
 }
