@@ -1,0 +1,6 @@
+//go:build race
+
+package fsm
+
+// raceBuild: the test binary runs under the race detector.
+const raceBuild = true
