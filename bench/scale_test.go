@@ -161,12 +161,12 @@ func scaleScheduleAhead(ctx context.Context, b *testing.B, c *scaleCluster) int 
 // scaleSamples is how many RSS samples (one a second) and poll rounds are measured.
 func scaleSamples() int {
 	if testing.Short() {
-		return 5
+		return 3
 	}
 	return 10
 }
 
-// scaleRSS samples VmRSS of every agent once a second for 10 s (5 s with -short) and returns the last
+// scaleRSS samples VmRSS of every agent once a second for 10 s (3 s with -short) and returns the last
 // sample of each (MiB), with each agent's peak (VmHWM) and anonymous share (RssAnon).
 func scaleRSS(b *testing.B, c *scaleCluster) (rss, hwm, anon []float64) {
 	b.Helper()
