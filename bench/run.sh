@@ -26,11 +26,11 @@
 # the fast profile's runs stay; the fixed 30 s false-death watch), the 500k-card scale
 # run, and the quota-use variants that only compare with the batching run (interleaved
 # import, no batching, no sharing). What remains, with -short sizes, and its wall time
-# on this 2-core machine (about 4 min 15 s in all, go build cache warm; the scenarios
+# on this 2-core machine (3 min 30 s to 4 min 15 s in all, go build cache warm; the scenarios
 # wait on clusters, so a busy machine stretches them):
 #   micro-benchmarks, 4 runs of 50 ms each                                   ~6 s
 #   QuotaUse/batching: 10,000 cards on 3 members, 10% to 90% answered       ~15 s
-#   Takeover/fast: 3 kills of a member holding running shards               ~25-50 s
+#   Takeover/fast: 3 kills of a member holding running shards               ~20-50 s
 #   IdleCost: 100,000 synced cards, 5 s measured                            ~12 s
 #   RollingRestart: 12,000 cards, undisturbed and with a rolling restart    ~45-50 s
 #   Rebalance: 16,000 cards, joins to 4 and 5 members                       ~20-30 s
