@@ -541,13 +541,17 @@ func BenchmarkNewRing(b *testing.B) {
 	}
 }
 
-// BenchmarkRingAssign measures Assign over 1,000 and 100,000 shard ids on
-// 10 members with the default vnodes.
+// BenchmarkRingAssign measures Assign (the seat-order replay) over 1,000 and
+// 100,000 shard ids on 10 members and 10,000 on 3, with the default vnodes.
 func BenchmarkRingAssign(b *testing.B) {
-	r := NewRing(nodeNames("node", 10), 0)
-	for _, n := range []int{1000, 100000} {
-		keys := shardIDs(n/20, 20)
-		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+	for _, tc := range []struct{ members, keys int }{{10, 1000}, {10, 100000}, {3, 10000}} {
+		r := NewRing(nodeNames("node", tc.members), 0)
+		keys := shardIDs(tc.keys/20, 20)
+		name := fmt.Sprintf("keys=%d", tc.keys)
+		if tc.members != 10 {
+			name = fmt.Sprintf("members=%d/keys=%d", tc.members, tc.keys)
+		}
+		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				_ = r.Assign(keys)
