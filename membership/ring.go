@@ -96,10 +96,9 @@ func NewRing(members []string, vnodes int) *Ring {
 	var buf []byte
 	for i, name := range names {
 		for v := 0; v < vnodes; v++ {
-			buf = append(buf[:0], name...)
-			buf = append(buf, '#')
-			buf = strconv.AppendInt(buf, int64(v), 10)
-			packed = append(packed, uint64(hash32(buf))<<32|uint64(i))
+			var h uint32
+			h, buf = vnodeHash(buf, name, v)
+			packed = append(packed, uint64(h)<<32|uint64(i))
 		}
 	}
 	slices.Sort(packed)
@@ -112,6 +111,14 @@ func NewRing(members []string, vnodes int) *Ring {
 		r.points[i] = point{hash: uint32(p >> 32), member: int32(uint32(p))}
 	}
 	return r
+}
+
+// vnodeHash is the position of a member's v-th point: Hash32(name#v). buf is
+// scratch space, returned for reuse.
+func vnodeHash(buf []byte, name string, v int) (uint32, []byte) {
+	buf = append(append(buf[:0], name...), '#')
+	buf = strconv.AppendInt(buf, int64(v), 10)
+	return hash32(buf), buf
 }
 
 // Len returns the number of members on the ring.

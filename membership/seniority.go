@@ -3,7 +3,6 @@ package membership
 import (
 	"cmp"
 	"slices"
-	"strconv"
 	"strings"
 )
 
@@ -59,21 +58,10 @@ func (r *Ring) Seats() []Seat {
 // seatPoints returns the sorted points a member with this name has (or
 // would have) on a ring with r's vnodes.
 func (r *Ring) seatPoints(name string) []uint32 {
-	if i, ok := slices.BinarySearch(r.members, name); ok {
-		pts := make([]uint32, 0, r.vnodes)
-		for _, p := range r.points {
-			if p.member == int32(i) {
-				pts = append(pts, p.hash)
-			}
-		}
-		return pts
-	}
 	pts := make([]uint32, r.vnodes)
-	buf := make([]byte, 0, len(name)+8)
+	var buf []byte
 	for v := range pts {
-		buf = append(append(buf[:0], name...), '#')
-		buf = strconv.AppendInt(buf, int64(v), 10)
-		pts[v] = hash32(buf)
+		pts[v], buf = vnodeHash(buf, name, v)
 	}
 	slices.Sort(pts)
 	return pts
