@@ -317,6 +317,7 @@ func (a *applier) importCards(p *ImportCards) (*Result, error) {
 	// large import fills shards with contiguous ICCID ranges.
 	touched := map[string]int{} // enterprise -> cards added
 	changedEnt := map[string]bool{}
+	shardCache := map[string]*shardRec{}
 	var added, updated int
 	var fresh []item
 	for _, it := range items {
@@ -329,6 +330,14 @@ func (a *applier) importCards(p *ImportCards) (*Result, error) {
 		if o.Account == it.acct && o.MSISDN == c.MSISDN && o.IMSI == c.IMSI && o.IMEI == c.IMEI {
 			continue
 		}
+		if o.Account != it.acct {
+			s, err := a.cachedShard(shardCache, it.shard, 0, 0, nil)
+			if err != nil {
+				return nil, err
+			}
+			s.addAccount(o.Account, -1)
+			s.addAccount(it.acct, 1)
+		}
 		o.Account, o.MSISDN, o.IMSI, o.IMEI = it.acct, c.MSISDN, c.IMSI, c.IMEI
 		a.scratch = o.encode(a.scratch)
 		if err := a.cards.Put(joinKey(it.shard, it.iccid), a.keep(a.scratch)); err != nil {
@@ -340,7 +349,6 @@ func (a *applier) importCards(p *ImportCards) (*Result, error) {
 	slices.SortFunc(fresh, func(x, y item) int { return strings.Compare(x.iccid, y.iccid) })
 
 	groupCache := map[int]*groupRec{}
-	shardCache := map[string]*shardRec{}
 	newShards := 0
 	for _, it := range fresh {
 		c := &p.Cards[it.idx]
@@ -376,6 +384,7 @@ func (a *applier) importCards(p *ImportCards) (*Result, error) {
 			return nil, err
 		}
 		s.Cards++
+		s.addAccount(it.acct, 1)
 		if i, found := slices.BinarySearch(s.Enterprises, c.Enterprise); !found {
 			s.Enterprises = slices.Insert(s.Enterprises, i, c.Enterprise)
 		}
@@ -435,7 +444,7 @@ func (a *applier) cachedShard(cache map[string]*shardRec, id string, g, n int, c
 		if err := s.decode(v); err != nil {
 			return nil, fmt.Errorf("shard %s: %w", id, err)
 		}
-	} else {
+	} else if created != nil {
 		*created++
 	}
 	cache[id] = s

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -283,6 +285,28 @@ type shardRec struct {
 	StartedAt, UpdatedAt    int64
 	NextRunAt               int64
 	Reason                  string
+	// Accounts counts the shard's cards per carrier account, sorted by account. Records
+	// written before it existed have none (nil): readers then fall back to the
+	// enterprises' accounts.
+	Accounts []accountCount
+}
+
+// accountCount is how many of a shard's cards belong to one carrier account.
+type accountCount struct {
+	Account string
+	Cards   int
+}
+
+// addAccount adds n (which may be negative) to the shard's count of account's cards.
+func (s *shardRec) addAccount(account string, n int) {
+	i, found := slices.BinarySearchFunc(s.Accounts, account, func(c accountCount, a string) int { return strings.Compare(c.Account, a) })
+	if !found {
+		s.Accounts = slices.Insert(s.Accounts, i, accountCount{Account: account})
+	}
+	s.Accounts[i].Cards += n
+	if s.Accounts[i].Cards <= 0 {
+		s.Accounts = slices.Delete(s.Accounts, i, i+1)
+	}
 }
 
 func (s *shardRec) encode(buf []byte) []byte {
@@ -309,6 +333,14 @@ func (s *shardRec) encode(buf []byte) []byte {
 	w.i64(s.UpdatedAt)
 	w.i64(s.NextRunAt)
 	w.str(s.Reason)
+	// Optional trailer: the per-account card counts.
+	if len(s.Accounts) > 0 {
+		w.u64(uint64(len(s.Accounts)))
+		for _, c := range s.Accounts {
+			w.str(c.Account)
+			w.u64(uint64(c.Cards))
+		}
+	}
 	return w.b
 }
 
@@ -342,14 +374,38 @@ func (s *shardRec) decode(b []byte) error {
 	s.UpdatedAt = r.i64()
 	s.NextRunAt = r.i64()
 	s.Reason = r.str()
+	s.Accounts = nil
+	if r.err == nil && len(r.b) > 0 {
+		n := r.int()
+		if n > len(r.b) {
+			return errCorruptRecord
+		}
+		s.Accounts = make([]accountCount, n)
+		for i := range s.Accounts {
+			s.Accounts[i] = accountCount{Account: r.str(), Cards: r.int()}
+		}
+	}
 	return r.err
 }
 
 // public converts the record; the result shares s.Enterprises (decode allocates it
 // afresh for every record).
 func (s *shardRec) public(id string) ShardState {
+	var accts map[string]int
+	sum := 0
+	for _, c := range s.Accounts {
+		sum += c.Cards
+	}
+	// A shard written before the counts were kept and grown since holds counts for only
+	// some of its cards: they are left out rather than shown wrong.
+	if len(s.Accounts) > 0 && sum == s.Cards {
+		accts = make(map[string]int, len(s.Accounts))
+		for _, c := range s.Accounts {
+			accts[c.Account] = c.Cards
+		}
+	}
 	return ShardState{
-		ID: id, Group: s.Group, Cards: s.Cards, Enterprises: s.Enterprises,
+		ID: id, Group: s.Group, Cards: s.Cards, Enterprises: s.Enterprises, Accounts: accts,
 		Epoch: s.Epoch, Owner: s.Owner, LeaseUntil: fromNanos(s.LeaseUntil),
 		Checkpoint: Checkpoint{
 			TaskID: s.TaskID, State: stateName(s.State), Cursor: s.Cursor,

@@ -128,6 +128,9 @@ type ShardState struct {
 	Group       int      `json:"group"`
 	Cards       int      `json:"cards"`
 	Enterprises []string `json:"enterprises"`
+	// Accounts counts the shard's cards per carrier account. It is empty for shards
+	// last written by a version that did not keep it (see AccountCards).
+	Accounts map[string]int `json:"accounts,omitempty"`
 	// Epoch is the fencing token, bumped at every grant and every forced takeover.
 	Epoch      uint64     `json:"epoch"`
 	Owner      string     `json:"owner,omitempty"`

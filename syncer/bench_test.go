@@ -227,7 +227,7 @@ func quotaRun(b *testing.B, cards int, adjust func(*syncer.Config), fixed time.D
 	specs := quotaAccounts(cards)
 	limitCards, limitCalls := quotaLimit(specs)
 	for i := 0; i < b.N; i++ {
-		c := testcluster.New(b, testcluster.Options{Nodes: 3, SimAccounts: specs, Sync: adjust, NoCatalog: interleave})
+		c := testcluster.New(b, testcluster.Options{Nodes: benchNodes(), SimAccounts: specs, Sync: adjust, NoCatalog: interleave})
 		total := float64(len(c.Catalog.Cards))
 		if interleave {
 			total = float64(publishInterleaved(b, c, specs))
@@ -804,4 +804,13 @@ func rollingRun(b *testing.B, specs []sim.AccountSpec, adjust func(*syncer.Confi
 	res.refetched = refetched(c.Sim)
 	res.rejected = simCounts(c.Sim).rejected
 	return res
+}
+
+// benchNodes is the cluster size of the quota benchmark: 3, or QUOTA_NODES (1 shows what
+// the quota split between nodes costs).
+func benchNodes() int {
+	if v, err := strconv.Atoi(os.Getenv("QUOTA_NODES")); err == nil && v > 0 {
+		return v
+	}
+	return 3
 }

@@ -22,6 +22,9 @@ type Config struct {
 	FlushInterval time.Duration
 	// MaxWorkers bounds how many shards (of different groups) one node works at once.
 	MaxWorkers int
+	// MaxDueWait is how long a due shard may be passed over for shards whose carrier
+	// accounts this node is less busy on (order.go); past it, shards go oldest first.
+	MaxDueWait time.Duration
 	// PageSize is how many cards a worker reads from the local replica at a time.
 	PageSize int
 	// WindowCards bounds how far the card walk runs ahead of the cursor; at the bound the
@@ -43,6 +46,11 @@ type Config struct {
 	// ShareQuota splits each account's quota between the nodes; off means every node uses
 	// the full quota (benchmarks show what that costs).
 	ShareQuota bool
+	// SharedTokens (with ShareQuota) takes every query's call tokens from the leader's
+	// cluster-wide bucket of the account (node.Tokens), so a rate is used by whichever
+	// node has work for it; off, each node's limiter runs at its static share of the rate.
+	// Concurrency slots are split between the nodes either way.
+	SharedTokens bool
 
 	Logger   hclog.Logger
 	Registry prometheus.Registerer
@@ -58,12 +66,14 @@ func DefaultConfig() Config {
 		FlushEvery:      100,
 		FlushInterval:   time.Second,
 		MaxWorkers:      16,
+		MaxDueWait:      30 * time.Minute,
 		PageSize:        500,
 		WindowCards:     2000,
 		DependencyRetry: 30 * time.Second,
 		QuotaSafety:     0.97,
 		Batching:        true,
 		ShareQuota:      true,
+		SharedTokens:    true,
 	}
 }
 
@@ -87,6 +97,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxWorkers < 1 {
 		bad("max workers must be at least 1")
+	}
+	if c.MaxDueWait <= 0 {
+		bad("max due wait must be positive")
 	}
 	if c.PageSize < 1 || c.WindowCards < 1 {
 		bad("page size and window must be positive")

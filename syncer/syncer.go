@@ -3,6 +3,7 @@ package syncer
 import (
 	"context"
 	"errors"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -227,37 +228,36 @@ func (s *Syncer) poll(ctx context.Context) {
 			liveGroup[sh.Group] = sh.ID
 		}
 	}
-	// Oldest due first, so no shard starves.
-	order := make([]int, 0, len(shards))
-	for i, sh := range shards {
-		if owners[sh.ID] == me && due(sh, start) {
-			order = append(order, i)
+	// The due shards this node may claim now; of those, unfinished tasks and overdue
+	// shards first, then the shards whose carrier accounts this node is least busy on
+	// (order.go).
+	s.mu.Lock()
+	runningHere := make(map[string]bool, len(s.workers))
+	for id := range s.workers {
+		runningHere[id] = true
+	}
+	s.mu.Unlock()
+	var claimable []fsm.ShardState
+	load := accountLoad{}
+	for _, sh := range shards {
+		switch {
+		case runningHere[sh.ID]:
+			load.add(accountFractions(sh, ents))
+		case owners[sh.ID] != me || !due(sh, start):
+		case sh.Owner != "" && sh.Owner != me && sh.LiveClaim(start):
+			// claimed elsewhere (claim 4)
+		case liveGroup[sh.Group] != "" && liveGroup[sh.Group] != sh.ID:
+			// groups run serially
+		case s.allBackedOff(sh, ents, start) || !s.anyAccountHere(sh, ents):
+		default:
+			claimable = append(claimable, sh)
 		}
 	}
-	sort.SliceStable(order, func(a, b int) bool {
-		return shards[order[a]].Checkpoint.NextRunAt.Before(shards[order[b]].Checkpoint.NextRunAt)
-	})
-	for _, i := range order {
-		sh := shards[i]
-		s.mu.Lock()
-		_, running := s.workers[sh.ID]
-		n := len(s.workers)
-		s.mu.Unlock()
-		if running {
-			continue
-		}
-		if n >= s.cfg.MaxWorkers {
-			break
-		}
-		if sh.Owner != "" && sh.Owner != me && sh.LiveClaim(start) {
-			continue // claimed elsewhere (claim 4)
-		}
-		if g, busy := liveGroup[sh.Group]; busy && g != sh.ID {
-			continue // groups run serially
-		}
-		if s.allBackedOff(sh, ents, start) || !s.anyAccountHere(sh, ents) {
-			continue
-		}
+	cands := newCandidates(claimable, ents, start, s.cfg.MaxDueWait)
+	for len(cands) > 0 && len(runningHere) < s.cfg.MaxWorkers {
+		c := cands[pickNext(cands, load)]
+		sh := c.sh
+		cands = slices.DeleteFunc(cands, func(o candidate) bool { return o.sh.ID == sh.ID })
 		claim := fsm.Claim{Shard: sh.ID, Node: me, Epoch: sh.Epoch, Lease: s.cfg.Lease}
 		if sh.Checkpoint.State != fsm.StateRunning {
 			// Claim 6 on the fast path: with the dependency data ready, the claim starts
@@ -287,6 +287,10 @@ func (s *Syncer) poll(ctx context.Context) {
 		}
 		s.m.claims.WithLabelValues("granted").Inc()
 		liveGroup[sh.Group] = sh.ID
+		runningHere[sh.ID] = true
+		load.add(c.fr)
+		// The group runs this shard now; its other shards wait.
+		cands = slices.DeleteFunc(cands, func(o candidate) bool { return o.sh.Group == sh.Group })
 		s.startWorker(ctx, sh.ID, res.Epoch)
 	}
 }
@@ -451,6 +455,17 @@ func shareWeights(shards []fsm.ShardState, owners map[string]string, ents map[st
 		if owner == "" || !wants || len(sh.Enterprises) == 0 {
 			continue
 		}
+		if len(sh.Accounts) > 0 {
+			for a, n := range sh.Accounts {
+				if weight[a] == nil {
+					weight[a] = map[string]float64{}
+				}
+				weight[a][owner] += float64(n)
+			}
+			continue
+		}
+		// A shard without per-account counts: its cards count for every account of its
+		// enterprises.
 		per := float64(sh.Cards) / float64(len(sh.Enterprises))
 		for _, eid := range sh.Enterprises {
 			for _, a := range ents[eid].Accounts {

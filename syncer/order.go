@@ -1,0 +1,111 @@
+package syncer
+
+import (
+	"strings"
+	"time"
+
+	"cardsync/fsm"
+)
+
+// Which due shard a node claims next.
+//
+// A group runs one shard at a time, so a node works at most as many shards as there are
+// groups, and each of them mostly calls one carrier account: ICCIDs carry the carrier's
+// prefix, so a shard (a run of an enterprise's cards in ICCID order) is mostly one
+// carrier's cards. Taking shards oldest first lets the running shards pile onto one
+// account: they all crawl at that account's quota while the other accounts, with quota to
+// spare, have no query waiting. So among the due shards a node may claim it takes, one at
+// a time, the shard whose accounts it is least busy on: the sum over the shard's accounts
+// of (the shard's fraction of cards on that account) x (the cards fraction of that
+// account over the shards this node already runs). Ties go oldest first. Two kinds of
+// shard go ahead of that balance: an unfinished task (a shard taken over or handed off
+// resumes at once) and a shard due for longer than MaxDueWait (none starves), both
+// oldest first.
+
+// accountFractions is the fraction of a shard's cards on each carrier account: from the
+// shard's own counts, or, for a shard without them, spread evenly over its enterprises'
+// accounts.
+func accountFractions(sh fsm.ShardState, ents map[string]fsm.Enterprise) map[string]float64 {
+	out := map[string]float64{}
+	if total := sum(sh.Accounts); total > 0 {
+		for a, n := range sh.Accounts {
+			out[a] = float64(n) / float64(total)
+		}
+		return out
+	}
+	for _, eid := range sh.Enterprises {
+		accts := ents[eid].Accounts
+		for _, a := range accts {
+			out[a] += 1 / float64(len(sh.Enterprises)*len(accts))
+		}
+	}
+	return out
+}
+
+func sum(m map[string]int) int {
+	t := 0
+	for _, n := range m {
+		t += n
+	}
+	return t
+}
+
+// accountLoad is how busy a node is on each account: the sum of accountFractions over
+// the shards it runs.
+type accountLoad map[string]float64
+
+func (l accountLoad) add(fr map[string]float64) {
+	for a, f := range fr {
+		l[a] += f
+	}
+}
+
+// cost is how much the shard's accounts overlap the load.
+func (l accountLoad) cost(fr map[string]float64) float64 {
+	c := 0.0
+	for a, f := range fr {
+		c += f * l[a]
+	}
+	return c
+}
+
+// candidate is a due shard this node may claim, with what ranks it.
+type candidate struct {
+	sh    fsm.ShardState
+	fr    map[string]float64
+	first bool // an unfinished task or overdue: oldest first, ahead of the balance
+}
+
+func newCandidates(shards []fsm.ShardState, ents map[string]fsm.Enterprise, now time.Time, maxWait time.Duration) []candidate {
+	out := make([]candidate, len(shards))
+	for i, sh := range shards {
+		out[i] = candidate{sh: sh, fr: accountFractions(sh, ents),
+			first: sh.Checkpoint.State == fsm.StateRunning || sh.Checkpoint.NextRunAt.Before(now.Add(-maxWait))}
+	}
+	return out
+}
+
+// pickNext returns the index of the candidate to try next given the node's load.
+func pickNext(cands []candidate, load accountLoad) int {
+	best, bestCost := -1, 0.0
+	for i, c := range cands {
+		cost := load.cost(c.fr)
+		if best < 0 || before(c, cost, cands[best], bestCost) {
+			best, bestCost = i, cost
+		}
+	}
+	return best
+}
+
+func before(a candidate, ac float64, b candidate, bc float64) bool {
+	if a.first != b.first {
+		return a.first
+	}
+	if !a.first && ac != bc {
+		return ac < bc
+	}
+	if !a.sh.Checkpoint.NextRunAt.Equal(b.sh.Checkpoint.NextRunAt) {
+		return a.sh.Checkpoint.NextRunAt.Before(b.sh.Checkpoint.NextRunAt)
+	}
+	return strings.Compare(a.sh.ID, b.sh.ID) < 0
+}

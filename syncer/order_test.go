@@ -1,0 +1,104 @@
+package syncer
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"cardsync/fsm"
+)
+
+// TestClaimOrderSpreadsAccounts: among the due shards a node may claim, it takes first an
+// unfinished task and a shard overdue past MaxDueWait (oldest first), then, one at a
+// time, the shard whose carrier accounts it is least busy on, so its running shards
+// keep every account's quota busy instead of queuing on one account.
+func TestClaimOrderSpreadsAccounts(t *testing.T) {
+	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	shard := func(id string, age time.Duration, state string, accts map[string]int) fsm.ShardState {
+		n := 0
+		for _, c := range accts {
+			n += c
+		}
+		return fsm.ShardState{ID: id, Cards: n, Accounts: accts, Enterprises: []string{"e1"},
+			Checkpoint: fsm.Checkpoint{State: state, NextRunAt: now.Add(-age)}}
+	}
+	cmcc := map[string]int{"cmcc": 500}
+	cucc := map[string]int{"cucc": 500}
+	ctcc := map[string]int{"ctcc": 500}
+	tests := []struct {
+		name    string
+		running []fsm.ShardState
+		due     []fsm.ShardState
+		want    []string
+	}{
+		{
+			name: "one shard per account before a second on any",
+			due: []fsm.ShardState{
+				shard("a1", 3*time.Minute, fsm.StateIdle, cmcc), shard("a2", 2*time.Minute, fsm.StateIdle, cmcc),
+				shard("a3", time.Minute, fsm.StateIdle, cmcc), shard("b1", time.Minute, fsm.StateIdle, cucc),
+				shard("c1", 0, fsm.StateIdle, ctcc),
+			},
+			want: []string{"a1", "b1", "c1", "a2", "a3"},
+		},
+		{
+			name:    "the account already running here waits",
+			running: []fsm.ShardState{shard("r", 0, fsm.StateRunning, cmcc)},
+			due: []fsm.ShardState{
+				shard("a1", time.Hour, fsm.StateIdle, cmcc), shard("b1", 0, fsm.StateIdle, cucc),
+			},
+			want: []string{"b1", "a1"},
+		},
+		{
+			name:    "an unfinished task and an overdue shard go first, oldest first",
+			running: []fsm.ShardState{shard("r", 0, fsm.StateRunning, cmcc)},
+			due: []fsm.ShardState{
+				shard("b1", 0, fsm.StateIdle, cucc), shard("a1", time.Minute, fsm.StateRunning, cmcc),
+				shard("a2", 2*time.Hour, fsm.StateIdle, cmcc),
+			},
+			want: []string{"a2", "a1", "b1"},
+		},
+		{
+			name:    "mixed shards count by their fraction of cards",
+			running: []fsm.ShardState{shard("r", 0, fsm.StateRunning, map[string]int{"cmcc": 400, "cucc": 100})},
+			due: []fsm.ShardState{
+				shard("m1", time.Minute, fsm.StateIdle, map[string]int{"cmcc": 250, "cucc": 250}),
+				shard("c1", 0, fsm.StateIdle, ctcc),
+				shard("b1", 0, fsm.StateIdle, cucc),
+			},
+			// loads: cmcc .8, cucc .2 -> c1 (0), b1 (.2), m1 (.5) then m1 after b1 adds cucc.
+			want: []string{"c1", "b1", "m1"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			load := accountLoad{}
+			for _, sh := range tt.running {
+				load.add(accountFractions(sh, nil))
+			}
+			cands := newCandidates(tt.due, nil, now, time.Hour)
+			var got []string
+			for len(cands) > 0 {
+				c := cands[pickNext(cands, load)]
+				got = append(got, c.sh.ID)
+				load.add(c.fr)
+				cands = slices.DeleteFunc(cands, func(o candidate) bool { return o.sh.ID == c.sh.ID })
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("order %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestAccountFractionsWithoutCounts: a shard last written without per-account counts
+// spreads its cards evenly over its enterprises' accounts.
+func TestAccountFractionsWithoutCounts(t *testing.T) {
+	ents := map[string]fsm.Enterprise{
+		"e1": {ID: "e1", Accounts: map[string]string{"onelink": "cmcc", "unicom": "cucc"}},
+		"e2": {ID: "e2", Accounts: map[string]string{"onelink": "cmcc"}},
+	}
+	got := accountFractions(fsm.ShardState{Cards: 10, Enterprises: []string{"e1", "e2"}}, ents)
+	if got["cmcc"] != 0.75 || got["cucc"] != 0.25 || len(got) != 2 {
+		t.Fatalf("fractions %v", got)
+	}
+}
