@@ -27,12 +27,14 @@ type Account struct {
 	logger  hclog.Logger
 	limiter *rate.Limiter
 	breaker *gobreaker.CircuitBreaker[[]Result]
+	tokens  atomic.Pointer[tokenSourceBox]
 
 	mu          sync.Mutex
 	shareRate   float64
 	shareBurst  int
 	shareConc   int
 	inFlight    int
+	pending     int // Query calls in progress: waiting for a slot or calling
 	prioWaiting int           // prioritized queries waiting for a slot
 	wake        chan struct{} // closed and replaced when a slot frees or the share changes
 	// partials are queries of fewer cards than a batch waiting for a slot: the query that
@@ -65,6 +67,7 @@ type AccountStats struct {
 	CircuitRejects      uint64            // Query calls refused because the breaker was open
 	Breaker             string            // closed | half-open | open
 	InFlight            int
+	Pending             int // Query calls in progress: waiting for a slot or calling
 	ConsecutiveFailures int
 	RatePerSec          float64 // current share
 	Burst, Concurrency  int
@@ -110,6 +113,26 @@ func NewAccount(cfg AccountConfig, hc *http.Client, logger hclog.Logger) (*Accou
 	})
 	a.SetShare(cfg.RatePerSec, cfg.Burst, cfg.Concurrency)
 	return a, nil
+}
+
+// TokenSource grants the call tokens of a query from a bucket the whole cluster shares
+// (the Raft leader's, see cardsync/internal/quota). Tokens returns when the first of
+// count tokens is due, with each token's offset from that moment, or fails.
+type TokenSource interface {
+	Tokens(ctx context.Context, account string, count int) ([]time.Duration, error)
+}
+
+type tokenSourceBox struct{ ts TokenSource }
+
+// SetTokenSource makes the account's queries take their call tokens from ts instead of
+// this node's own limiter (nil goes back to the limiter). The concurrency share still
+// applies, and a data call beyond a query's reserved tokens still waits for the limiter.
+func (a *Account) SetTokenSource(ts TokenSource) {
+	if ts == nil {
+		a.tokens.Store(nil)
+		return
+	}
+	a.tokens.Store(&tokenSourceBox{ts})
 }
 
 // Config returns the account's configuration.
@@ -257,13 +280,28 @@ type reservedTokens struct {
 	mu    sync.Mutex
 	start time.Time
 	rs    []*rate.Reservation
+	at    []time.Time // tokens granted by the TokenSource: when each may be used
 }
 
 // reserve takes the limiter tokens of a whole Query up front, so a Query never stops
 // between its calls (a share that drops to zero mid-query would otherwise waste the
 // first call), and refuses at once when the tokens would come after ctx's deadline.
 func (a *Account) reserve(ctx context.Context, n int) (*reservedTokens, error) {
+	if box := a.tokens.Load(); box != nil {
+		return a.reserveShared(ctx, box.ts, n)
+	}
 	now := time.Now()
+	// Refuse before reserving when the tokens would come too late: a cancelled
+	// reservation does not always give its tokens back.
+	if dl, ok := ctx.Deadline(); ok && a.limiter.Limit() > 0 {
+		if missing := float64(n) - a.limiter.TokensAt(now); missing > 0 {
+			wait := time.Duration(missing / float64(a.limiter.Limit()) * float64(time.Second))
+			if now.Add(wait).After(dl) {
+				return nil, &Error{Carrier: a.cfg.Carrier, Account: a.cfg.ID, Kind: KindRateLimited, Code: "local_quota",
+					Message: fmt.Sprintf("this node's quota share needs %v before the call, past the deadline", wait.Round(time.Millisecond)), RetryAfter: wait}
+			}
+		}
+	}
 	rt := &reservedTokens{start: now}
 	for i := 0; i < n; i++ {
 		r := a.limiter.ReserveN(now, 1)
@@ -282,11 +320,49 @@ func (a *Account) reserve(ctx context.Context, n int) (*reservedTokens, error) {
 	return rt, nil
 }
 
+// reserveShared takes a query's tokens from the cluster's shared bucket.
+func (a *Account) reserveShared(ctx context.Context, ts TokenSource, n int) (*reservedTokens, error) {
+	start := time.Now()
+	offs, err := ts.Tokens(ctx, a.cfg.ID, n)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		retry := time.Second
+		if ra := retryAfterOf(err); ra > 0 {
+			retry = ra
+		}
+		return nil, &Error{Carrier: a.cfg.Carrier, Account: a.cfg.ID, Kind: KindRateLimited, Code: "cluster_quota",
+			Message: "no call tokens from the cluster's quota: " + err.Error(), RetryAfter: retry}
+	}
+	now := time.Now()
+	a.limiterWaitNanos.Add(int64(now.Sub(start)))
+	if now.Sub(start) > time.Millisecond {
+		a.limiterWaits.Add(1)
+	}
+	rt := &reservedTokens{start: start}
+	for _, o := range offs {
+		rt.at = append(rt.at, now.Add(o))
+	}
+	return rt, nil
+}
+
+// retryAfterOf reads a RetryAfterDuration method anywhere in err's chain (the token
+// source's way of saying when to ask again).
+func retryAfterOf(err error) time.Duration {
+	var r interface{ RetryAfterDuration() time.Duration }
+	if errors.As(err, &r) {
+		return r.RetryAfterDuration()
+	}
+	return 0
+}
+
 func (rt *reservedTokens) cancel() {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	for _, r := range rt.rs {
-		r.CancelAt(rt.start)
+	// Latest first: a reservation gives its tokens back only if none was made after it.
+	for i := len(rt.rs) - 1; i >= 0; i-- {
+		rt.rs[i].CancelAt(rt.start)
 	}
 	rt.rs = nil
 }
@@ -302,11 +378,26 @@ func (rt *reservedTokens) next() (*rate.Reservation, bool) {
 	return r, true
 }
 
+// nextShared returns when the next token granted by the TokenSource may be used.
+func (rt *reservedTokens) nextShared() (time.Time, bool) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if len(rt.at) == 0 {
+		return time.Time{}, false
+	}
+	at := rt.at[0]
+	rt.at = rt.at[1:]
+	return at, true
+}
+
 // gate waits for one limiter token before each HTTP data call: a token the Query
 // reserved up front, or a fresh one.
 func (a *Account) gate(ctx context.Context) error {
 	a.httpCalls.Add(1)
 	if rt, ok := ctx.Value(reservedKey{}).(*reservedTokens); ok {
+		if at, ok := rt.nextShared(); ok {
+			return sleepUntil(ctx, at)
+		}
 		if r, ok := rt.next(); ok {
 			return a.waitReservation(ctx, r)
 		}
@@ -316,6 +407,21 @@ func (a *Account) gate(ctx context.Context) error {
 		return &Error{Carrier: a.cfg.Carrier, Account: a.cfg.ID, Kind: KindTransient, Message: "limiter refused the call"}
 	}
 	return a.waitReservation(ctx, r)
+}
+
+func sleepUntil(ctx context.Context, at time.Time) error {
+	d := time.Until(at)
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (a *Account) waitReservation(ctx context.Context, r *rate.Reservation) error {
@@ -350,6 +456,14 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 		a.circuitRejects.Add(1)
 		return nil, a.circuitOpen()
 	}
+	a.mu.Lock()
+	a.pending++
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.pending--
+		a.mu.Unlock()
+	}()
 	me := a.enqueuePartial(iccids)
 	if err := a.acquire(ctx, me); err != nil {
 		if a.dequeuePartial(me) {
@@ -464,7 +578,7 @@ func (a *Account) Stats() AccountStats {
 	a.mu.Lock()
 	s := AccountStats{
 		Account: a.cfg.ID, Carrier: a.cfg.Carrier,
-		InFlight: a.inFlight, ConsecutiveFailures: a.consecutive,
+		InFlight: a.inFlight, Pending: a.pending, ConsecutiveFailures: a.consecutive,
 		RatePerSec: a.shareRate, Burst: a.shareBurst, Concurrency: a.shareConc,
 	}
 	a.mu.Unlock()

@@ -60,6 +60,7 @@ func (n *Node) routes() {
 	m.HandleFunc("GET /v1/operator/raft/peers", n.handleRaftPeers)
 	m.HandleFunc("POST /internal/v1/propose", n.handlePropose)
 	m.HandleFunc("GET /internal/v1/peers", n.handlePeers)
+	m.HandleFunc("POST "+quotaPath, n.handleQuota)
 	n.dataRoutes()
 	n.keyringRoutes()
 	m.Handle("GET /metrics", n.metricsHandler())

@@ -23,6 +23,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"cardsync/fsm"
+	"cardsync/internal/quota"
 	"cardsync/membership"
 )
 
@@ -71,6 +72,11 @@ type Node struct {
 	shutOnce sync.Once
 	mux      *http.ServeMux
 	registry *prometheus.Registry
+
+	// quota grants the carrier accounts' call tokens while this node leads (quota.go);
+	// leaderNotify carries Raft's leadership changes to it.
+	quota        *quota.Server
+	leaderNotify chan bool
 }
 
 // New starts a node: FSM, Raft, gossip and the HTTP API. It returns once all listeners are
@@ -109,6 +115,10 @@ func New(cfg Config) (*Node, error) {
 	if n.fsm, err = fsm.Open(fcfg, cfg.Logger.Named("fsm")); err != nil {
 		return nil, fmt.Errorf("open fsm: %w", err)
 	}
+	if err := n.startQuota(); err != nil {
+		return nil, err
+	}
+	n.leaderNotify = make(chan bool, 16)
 	if err := n.startRaft(); err != nil {
 		return nil, err
 	}
@@ -162,6 +172,7 @@ func New(cfg Config) (*Node, error) {
 	n.goRun(n.leaderLoop)
 	n.goRun(n.readinessLoop)
 	n.goRun(n.ringLoop)
+	n.goRun(n.quotaLeadership)
 	ok = true
 	n.warnInsecure()
 	n.logger.Info("node started", "raft", n.raftAddr, "gossip", n.members.GossipAddr(), "http", n.HTTPAddr())
@@ -251,6 +262,7 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("open snapshot store: %w", err)
 	}
 	rc := n.cfg.raftConfig(n.name, logger)
+	rc.NotifyCh = n.leaderNotify
 	why, err := fsmNeedsSnapshot(n.fsm, snaps)
 	if err != nil {
 		return err

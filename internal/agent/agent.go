@@ -99,6 +99,11 @@ func Start(cfg Config) (*Agent, error) {
 	}
 	a.Node = n
 	sc := cfg.Sync
+	if sc.ShareQuota && sc.SharedTokens {
+		for _, acct := range a.Accounts {
+			acct.SetTokenSource(n)
+		}
+	}
 	sc.Logger = cfg.Logger
 	sc.Registry = n.Registry()
 	if sc.CallGrace == 0 {

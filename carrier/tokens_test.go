@@ -1,0 +1,79 @@
+package carrier_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"cardsync/carrier"
+	"cardsync/carrier/sim"
+)
+
+// fakeTokens is a TokenSource that records what it was asked and answers as told.
+type fakeTokens struct {
+	mu     sync.Mutex
+	asked  []int
+	spread time.Duration // offset between tokens
+	err    error
+}
+
+type waitErr struct{ after time.Duration }
+
+func (w waitErr) Error() string                     { return "busy" }
+func (w waitErr) RetryAfterDuration() time.Duration { return w.after }
+
+func (f *fakeTokens) Tokens(_ context.Context, account string, n int) ([]time.Duration, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.asked = append(f.asked, n)
+	if f.err != nil {
+		return nil, f.err
+	}
+	offs := make([]time.Duration, n)
+	for i := range offs {
+		offs[i] = time.Duration(i) * f.spread
+	}
+	return offs, nil
+}
+
+// TestQueriesTakeTokensFromTheSource: with a TokenSource, each query asks it for the
+// tokens of all its calls and spaces its calls by the offsets it is given; a source that
+// refuses turns into a rate-limited error carrying the source's retry time.
+func TestQueriesTakeTokensFromTheSource(t *testing.T) {
+	spec := testSpecs[0] // OneLink: two HTTP calls per batch
+	s := startSim(t, []sim.AccountSpec{spec})
+	acct, err := carrier.NewAccount(accountCfg(s, spec.ID), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The node's own limiter would allow nothing: every token must come from the source.
+	acct.SetShare(0.001, 1, 2)
+	ts := &fakeTokens{spread: 150 * time.Millisecond}
+	acct.SetTokenSource(ts)
+	good, _ := goodCards(t, s, spec.ID, 10)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	res, err := acct.Query(ctx, good)
+	if err != nil || len(res) != len(good) {
+		t.Fatalf("query: %d results, %v", len(res), err)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Fatalf("query took %v: its second call did not wait for its token's offset", d)
+	}
+	if want := carrier.CallsPerQuery(spec.Carrier); len(ts.asked) != 1 || ts.asked[0] != want {
+		t.Fatalf("asked %v, want one request for %d tokens", ts.asked, want)
+	}
+
+	ts.err = waitErr{after: 3 * time.Second}
+	_, err = acct.Query(ctx, good)
+	var ce *carrier.Error
+	if !errors.As(err, &ce) || ce.Kind != carrier.KindRateLimited || ce.Code != "cluster_quota" || ce.RetryAfter != 3*time.Second {
+		t.Fatalf("refused tokens: %#v", err)
+	}
+	if st := s.Stats().Accounts[spec.ID]; st.Rejected != 0 {
+		t.Fatalf("carrier rejected %d calls", st.Rejected)
+	}
+}

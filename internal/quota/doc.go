@@ -1,0 +1,19 @@
+// Package quota runs the cluster's token buckets for the carrier accounts' call rates.
+//
+// The Raft leader holds one bucket per account, filled at the account's cluster-wide
+// rate; every query a node sends to a carrier first asks the leader for its calls'
+// tokens (Server.Grant). A token goes to whichever node has a query waiting, so a rate
+// the cluster is allowed is never stranded on a node whose running shards do not use
+// it, and the calls of all nodes together never exceed the bucket.
+//
+// The leader answers a request when its first token is due (with the offsets of the
+// others), so a node calls at once on the answer and no clock is compared between
+// machines. An answer that arrives late (a stalled process or network) is thrown away
+// by the node (Client). A new leader grants nothing for a hold-off period, longer than a
+// deposed leader can go on granting before it notices (twice Raft's leader lease), and
+// starts with empty buckets, so two leaders' grants never overlap.
+//
+// Concurrency slots are not handled here: they stay split between the nodes from the
+// replicated state (syncer), since a slot is held for a whole call and a leader that
+// fails over cannot know which calls are still out.
+package quota
