@@ -473,6 +473,13 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 		return me.wait(ctx)
 	}
 	defer a.release()
+	rt, err := a.reserve(ctx, a.callsFor(len(iccids)))
+	if err != nil {
+		return nil, err
+	}
+	defer rt.cancel()
+	// Riders are taken once the tokens are in hand: with the cluster's shared bucket the
+	// wait for them is where the partial queries of other shards pile up.
 	riders := a.takeRiders(len(iccids))
 	all := iccids
 	if len(riders) > 0 {
@@ -482,21 +489,22 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 			all = append(all, r.iccids...)
 		}
 	}
-	res, err := a.query(ctx, all)
+	res, err := a.query(ctx, rt, all)
 	return deliver(res, err, len(iccids), riders)
 }
 
-// query sends one batch to the carrier (the caller holds a concurrency slot).
-func (a *Account) query(ctx context.Context, iccids []string) ([]Result, error) {
+// callsFor is how many rate-limited HTTP calls a query of n cards costs.
+func (a *Account) callsFor(n int) int {
 	calls := CallsPerQuery(a.cfg.Carrier)
 	if a.client.BatchSize() == 1 {
-		calls *= max(1, len(iccids))
+		calls *= max(1, n)
 	}
-	rt, err := a.reserve(ctx, calls)
-	if err != nil {
-		return nil, err
-	}
-	defer rt.cancel()
+	return calls
+}
+
+// query sends one batch to the carrier with its reserved tokens (the caller holds a
+// concurrency slot).
+func (a *Account) query(ctx context.Context, rt *reservedTokens, iccids []string) ([]Result, error) {
 	ctx = context.WithValue(ctx, reservedKey{}, rt)
 	a.calls.Add(1)
 	res, err := a.breaker.Execute(func() ([]Result, error) {

@@ -32,6 +32,7 @@ func (n *Node) startQuota() error {
 	// A deposed leader steps down within about two leader leases of losing its quorum.
 	qc.HoldOff = 2*rc.LeaderLeaseTimeout + quotaStale + 250*time.Millisecond
 	qc.Logger = n.logger
+	qc.Verify = func() error { return n.raft.VerifyLeader().Error() }
 	var err error
 	n.quota, err = quota.NewServer(qc, n.quotaLimits, n.quotaAllow)
 	return err
@@ -113,8 +114,9 @@ type quotaRequest struct {
 }
 
 type quotaReply struct {
-	Offsets  []int64 `json:"offsets_ns,omitempty"`
-	WaitedNS int64   `json:"waited_ns,omitempty"`
+	Offsets []int64 `json:"offsets_ns,omitempty"`
+	// PlannedNS is how long the leader planned to hold the request before answering.
+	PlannedNS int64 `json:"planned_ns,omitempty"`
 	Code     string  `json:"code,omitempty"`
 	Error    string  `json:"error,omitempty"`
 	RetryMS  int64   `json:"retry_after_ms,omitempty"`
@@ -139,6 +141,8 @@ func (n *Node) tokensOnce(ctx context.Context, account string, count int) ([]tim
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, n.forwarder.url(addr, quotaPath), bytes.NewReader(body))
 	if err != nil {
 		return nil, err
@@ -146,7 +150,7 @@ func (n *Node) tokensOnce(ctx context.Context, account string, count int) ([]tim
 	hr.Header.Set("Content-Type", "application/json")
 	n.forwarder.sign(hr, body)
 	sent := time.Now()
-	resp, err := n.forwarder.client.Do(hr)
+	resp, err := n.forwarder.client.Do(hr.WithContext(n.whileLeader(ctx, addr)))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoLeader, err)
 	}
@@ -158,7 +162,7 @@ func (n *Node) tokensOnce(ctx context.Context, account string, count int) ([]tim
 	if resp.StatusCode != http.StatusOK {
 		return nil, quotaError(rep)
 	}
-	if late := time.Since(sent) - time.Duration(rep.WaitedNS); late > quotaStale {
+	if late := time.Since(sent) - time.Duration(rep.PlannedNS); late > quotaStale {
 		return nil, fmt.Errorf("%w: %v after the leader's answer", errStaleGrant, late.Round(time.Millisecond))
 	}
 	if len(rep.Offsets) != count {
@@ -213,8 +217,7 @@ func (n *Node) handleQuota(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(req.WaitMS)*time.Millisecond)
 		defer cancel()
 	}
-	start := time.Now()
-	offs, err := n.quota.Grant(ctx, req.Node, req.Account, req.Count)
+	offs, planned, err := n.quota.GrantPlanned(ctx, req.Node, req.Account, req.Count)
 	if err != nil {
 		rep := quotaReply{Error: err.Error(), RetryMS: quota.RetryAfter(err).Milliseconds()}
 		code := http.StatusServiceUnavailable
@@ -234,9 +237,32 @@ func (n *Node) handleQuota(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, code, rep)
 		return
 	}
-	rep := quotaReply{Offsets: make([]int64, len(offs)), WaitedNS: int64(time.Since(start))}
+	rep := quotaReply{Offsets: make([]int64, len(offs)), PlannedNS: int64(planned)}
 	for i, o := range offs {
 		rep.Offsets[i] = int64(o)
 	}
 	writeJSON(w, http.StatusOK, rep)
+}
+
+// whileLeader returns a context that ends with ctx or as soon as this node sees another
+// leader than the one at addr (or none): a request held by a leader that was paused or
+// cut off is abandoned and asked of the new one, not waited out.
+func (n *Node) whileLeader(ctx context.Context, addr string) context.Context {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		defer cancel()
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if a, err := n.leaderHTTPAddr(); err != nil || a != addr {
+					return
+				}
+			}
+		}
+	}()
+	return ctx
 }

@@ -201,6 +201,11 @@ func BenchmarkQuotaUse(b *testing.B) {
 	// The same cards imported interleaved across the accounts instead of account by
 	// account, so that the shards working at any moment use every account.
 	b.Run("batching-interleaved", func(b *testing.B) { quotaRun(b, cards, nil, 0, true) })
+	// Each node's limiter at a static share of the rate, split by the due work the ring
+	// gives it, instead of the leader's shared bucket.
+	b.Run("static-split", func(b *testing.B) {
+		quotaRun(b, cards, func(s *syncer.Config) { s.SharedTokens = false }, 0, false)
+	})
 	// One card per call: the same backlog for a fixed window (it cannot finish).
 	b.Run("no-batching", func(b *testing.B) {
 		quotaRun(b, cards, func(s *syncer.Config) { s.Batching = false }, window(b), false)

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -67,11 +68,14 @@ type Syncer struct {
 
 	mu      sync.Mutex
 	workers map[string]*worker // shard id -> running worker
-	backoff map[string]backoffState
-	shares  map[string]Share
-	history map[string][]timedShare // shares computed during the last grace period
-	wg      sync.WaitGroup
-	wake    chan struct{}
+	// groupWait: the last poll left a due shard of this node waiting only for its group,
+	// held by another node (Run polls quickly meanwhile).
+	groupWait atomic.Bool
+	backoff   map[string]backoffState
+	shares    map[string]Share
+	history   map[string][]timedShare // shares computed during the last grace period
+	wg        sync.WaitGroup
+	wake      chan struct{}
 }
 
 type backoffState struct {
@@ -134,7 +138,10 @@ func (s *Syncer) Run(ctx context.Context) error {
 			// as soon as the previous owner releases or is revoked.
 			fastUntil = s.cfg.Now().Add(5 * time.Second)
 		case <-fast.C:
-			if s.cfg.Now().After(fastUntil) {
+			// Also poll quickly while a due shard of this node waits only for its group
+			// to be released by another node: the release is not announced here, and
+			// the group would otherwise idle until the next poll.
+			if s.cfg.Now().After(fastUntil) && !s.groupWait.Load() {
 				continue
 			}
 		}
@@ -222,10 +229,12 @@ func (s *Syncer) poll(ctx context.Context) {
 		return
 	}
 
-	liveGroup := map[int]string{}
+	liveGroup := map[int]string{}  // group -> shard with a live claim
+	groupOwner := map[int]string{} // group -> that claim's owner
 	for _, sh := range shards {
 		if sh.LiveClaim(start) {
 			liveGroup[sh.Group] = sh.ID
+			groupOwner[sh.Group] = sh.Owner
 		}
 	}
 	// The due shards this node may claim now; of those, unfinished tasks and overdue
@@ -239,6 +248,8 @@ func (s *Syncer) poll(ctx context.Context) {
 	s.mu.Unlock()
 	var claimable []fsm.ShardState
 	load := accountLoad{}
+	groupWait := false
+	defer func() { s.groupWait.Store(groupWait) }()
 	for _, sh := range shards {
 		switch {
 		case runningHere[sh.ID]:
@@ -248,6 +259,9 @@ func (s *Syncer) poll(ctx context.Context) {
 			// claimed elsewhere (claim 4)
 		case liveGroup[sh.Group] != "" && liveGroup[sh.Group] != sh.ID:
 			// groups run serially
+			if groupOwner[sh.Group] != me {
+				groupWait = true
+			}
 		case s.allBackedOff(sh, ents, start) || !s.anyAccountHere(sh, ents):
 		default:
 			claimable = append(claimable, sh)

@@ -166,7 +166,8 @@ func (a *Agent) handleQuota(w http.ResponseWriter, r *http.Request) {
 		out = append(out, x)
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_ = jsonEncode(w, map[string]any{"node": a.Node.Name(), "accounts": out, "running": a.Syncer.Running()})
+	_ = jsonEncode(w, map[string]any{"node": a.Node.Name(), "accounts": out, "running": a.Syncer.Running(),
+		"shared_bucket": a.Node.QuotaStats()})
 }
 
 // Stop shuts down gracefully: running shards flush and release, leadership moves, the

@@ -71,6 +71,10 @@ type Config struct {
 	// MaxWait bounds how far ahead a grant may be queued; a request whose tokens would
 	// come later is told to ask again.
 	MaxWait time.Duration
+	// Verify, if set, confirms leadership right before a grant is answered (the node
+	// sets raft's VerifyLeader): a leader that was paused or cut off and replaced while a
+	// request waited must not answer it.
+	Verify func() error
 	// Logger; nil means none.
 	Logger hclog.Logger
 }
@@ -164,39 +168,52 @@ func (s *Server) Leading() bool {
 // a *WaitError during the hold-off or when the last token would come after ctx's deadline
 // or MaxWait, and with ErrNotLeader if leadership is lost while it waits.
 func (s *Server) Grant(ctx context.Context, node, account string, n int) ([]time.Duration, error) {
-	g, err := s.reserve(ctx, node, account, n, time.Now())
+	offs, _, err := s.GrantPlanned(ctx, node, account, n)
+	return offs, err
+}
+
+// GrantPlanned is Grant that also returns how long the server planned to wait before
+// answering (the first token's delay). A remote requester compares it with the time it
+// actually waited and throws away an answer that came late (node.Tokens).
+func (s *Server) GrantPlanned(ctx context.Context, node, account string, n int) ([]time.Duration, time.Duration, error) {
+	now := time.Now()
+	g, err := s.reserve(ctx, node, account, n, now)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	offsets := make([]time.Duration, n)
 	for i, at := range g.due {
 		offsets[i] = at.Sub(g.due[0])
 	}
-	wait := time.Until(g.due[0])
-	if wait <= 0 {
-		return offsets, nil
-	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-t.C:
+	planned := max(0, g.due[0].Sub(now))
+	if wait := time.Until(g.due[0]); wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
 		select {
+		case <-t.C:
 		case <-g.lost:
-			return nil, ErrNotLeader
-		default:
+			return nil, 0, ErrNotLeader
+		case <-ctx.Done():
+			s.mu.Lock()
+			if s.buckets[account] == g.b {
+				g.cancel()
+				s.granted[account] -= uint64(n)
+			}
+			s.mu.Unlock()
+			return nil, 0, ctx.Err()
 		}
-		return offsets, nil
-	case <-g.lost:
-		return nil, ErrNotLeader
-	case <-ctx.Done():
-		s.mu.Lock()
-		if s.buckets[account] == g.b {
-			g.cancel()
-			s.granted[account] -= uint64(n)
-		}
-		s.mu.Unlock()
-		return nil, ctx.Err()
 	}
+	select {
+	case <-g.lost:
+		return nil, 0, ErrNotLeader
+	default:
+	}
+	if s.cfg.Verify != nil {
+		if err := s.cfg.Verify(); err != nil {
+			return nil, 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+	}
+	return offsets, planned, nil
 }
 
 // grant is a reservation of tokens: when each is due.

@@ -161,3 +161,25 @@ func TestGrantsNeverExceedTheBucket(t *testing.T) {
 		}
 	}
 }
+
+// TestGrantVerifiesLeadership: a grant is answered only if the leader still leads at that
+// moment (a paused leader replaced meanwhile must not answer).
+func TestGrantVerifiesLeadership(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.HoldOff = 0
+	deposed := errors.New("leadership lost")
+	var verifyErr error
+	cfg.Verify = func() error { return verifyErr }
+	s, err := NewServer(cfg, func(string) (Limits, bool) { return Limits{RatePerSec: 100, Burst: 10}, true }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Lead(time.Now())
+	if _, planned, err := s.GrantPlanned(context.Background(), "n1", "acct", 1); err != nil || planned < 0 {
+		t.Fatalf("grant: %v (planned %v)", err, planned)
+	}
+	verifyErr = deposed
+	if _, err := s.Grant(context.Background(), "n1", "acct", 1); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("grant after losing leadership: %v", err)
+	}
+}

@@ -43,7 +43,7 @@ var targets = []Target{
 	{Package: "cardsync/syncer", Benchmark: "BenchmarkQuotaUse/batching", Unit: "quota-use", Op: ">=", Value: 0.95,
 		Why: "a backlog is synced at the carriers' quota: cards/s over the sum of calls/s x cards per call, from 10% to 90% of the backlog"},
 	{Package: "cardsync/syncer", Benchmark: "BenchmarkQuotaUse/batching", Unit: "rejected", Op: "<=", Value: 0,
-		Why: "the members' quota shares never add up to more than an account's quota"},
+		Why: "the leader's shared buckets and the members' slot shares never let the cluster call over an account's quota"},
 	{Package: "cardsync/syncer", Benchmark: "BenchmarkTakeover/fast", Unit: "p99-ms", Op: "<=", Value: 3000,
 		Why: "a hard-killed member's shards progress under new owners within 3 s"},
 	{Package: "cardsync/syncer", Benchmark: "BenchmarkIdleCost", Unit: "rss-MB/node", Op: "<=", Value: 300,
