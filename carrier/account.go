@@ -34,12 +34,16 @@ type Account struct {
 	shareBurst  int
 	shareConc   int
 	inFlight    int
-	pending     int // Query calls in progress: waiting for a slot or calling
+	pending     int           // Query calls in progress: waiting for a slot or calling
 	prioWaiting int           // prioritized queries waiting for a slot
 	wake        chan struct{} // closed and replaced when a slot frees or the share changes
 	// partials are queries of fewer cards than a batch waiting for a slot: the query that
 	// gets a slot takes the ones that fit into its own call (coalesce.go).
-	partials    []*partialQuery
+	partials []*partialQuery
+	// formingRoom is the spare batch room of the queries that hold a slot and wait for
+	// their call tokens: a partial query that fits waits to ride with one of them rather
+	// than take a slot and a call of its own.
+	formingRoom int
 	consecutive int // consecutive whole-call failures, for Backoff
 
 	calls, httpCalls, successes   atomic.Uint64
@@ -233,7 +237,8 @@ func (a *Account) acquire(ctx context.Context, me *partialQuery) error {
 			a.mu.Unlock()
 			return errTaken
 		}
-		if a.shareRate > 0 && a.inFlight < a.shareConc && (prio || a.prioWaiting == 0) {
+		rideSoon := me != nil && a.formingRoom >= len(me.iccids)
+		if a.shareRate > 0 && a.inFlight < a.shareConc && (prio || a.prioWaiting == 0) && !rideSoon {
 			a.inFlight++
 			// With the slot, this query is no longer one another may take.
 			a.removePartialLocked(me)
@@ -473,7 +478,20 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 		return me.wait(ctx)
 	}
 	defer a.release()
+	room := 0
+	if b := a.client.BatchSize(); b > 1 {
+		room = max(0, b-len(iccids))
+	}
+	a.mu.Lock()
+	a.formingRoom += room
+	a.mu.Unlock()
 	rt, err := a.reserve(ctx, a.callsFor(len(iccids)))
+	a.mu.Lock()
+	a.formingRoom -= room
+	if room > 0 {
+		a.broadcastLocked()
+	}
+	a.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}

@@ -77,3 +77,70 @@ func TestQueriesTakeTokensFromTheSource(t *testing.T) {
 		t.Fatalf("carrier rejected %d calls", st.Rejected)
 	}
 }
+
+// gatedTokens is a TokenSource that holds every request until release is closed.
+type gatedTokens struct {
+	fakeTokens
+	release chan struct{}
+}
+
+func (g *gatedTokens) Tokens(ctx context.Context, account string, n int) ([]time.Duration, error) {
+	offs, err := g.fakeTokens.Tokens(ctx, account, n)
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return offs, err
+}
+
+// TestPartialQueryRidesWithATokenWait: a partial query that arrives while another
+// query of the account waits for its tokens rides in that query's call, even with a
+// concurrency slot free, instead of taking a call of its own.
+func TestPartialQueryRidesWithATokenWait(t *testing.T) {
+	spec := testSpecs[0]
+	s := startSim(t, []sim.AccountSpec{spec})
+	acct, err := carrier.NewAccount(accountCfg(s, spec.ID), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acct.SetShare(100, 10, 3)
+	ts := &gatedTokens{release: make(chan struct{})}
+	acct.SetTokenSource(ts)
+	good, _ := goodCards(t, s, spec.ID, 20)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	type out struct {
+		n   int
+		err error
+	}
+	results := make(chan out, 2)
+	query := func(cards []string) {
+		res, err := acct.Query(ctx, cards)
+		results <- out{len(res), err}
+	}
+	go query(good[:10])
+	waitFor(t, func() bool { ts.mu.Lock(); defer ts.mu.Unlock(); return len(ts.asked) == 1 })
+	go query(good[10:])
+	waitFor(t, func() bool { return acct.Stats().Pending == 2 })
+	close(ts.release)
+	for range 2 {
+		if o := <-results; o.err != nil || o.n != 10 {
+			t.Fatalf("query: %d results, %v", o.n, o.err)
+		}
+	}
+	if st := acct.Stats(); len(ts.asked) != 1 || st.Coalesced != 1 || st.Calls != 1 {
+		t.Fatalf("asked tokens %v times, %d queries coalesced, %d calls: want 1, 1, 1", ts.asked, st.Coalesced, st.Calls)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 10 s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"time"
 
+	"cardsync/carrier"
 	"cardsync/fsm"
 )
 
@@ -85,27 +86,80 @@ func newCandidates(shards []fsm.ShardState, ents map[string]fsm.Enterprise, now 
 	return out
 }
 
-// pickNext returns the index of the candidate to try next given the node's load.
-func pickNext(cands []candidate, load accountLoad) int {
+// pickNext returns the index of the candidate to try next given the node's load and,
+// per account, the seconds of due work left at the account's full rate (rem; nil counts
+// every account alike). An account with more work left counts as less busy, so once
+// every account has a shard here the next ones go where the backlog is longest and the
+// accounts' backlogs run out together instead of leaving one account idle at the end.
+func pickNext(cands []candidate, load accountLoad, rem map[string]float64) int {
+	maxRem := 0.0
+	for _, r := range rem {
+		maxRem = max(maxRem, r)
+	}
+	cost := func(c candidate) float64 {
+		x := 0.0
+		for a, f := range c.fr {
+			factor := 1.0
+			if r := rem[a]; r > 0 && maxRem > 0 {
+				factor = maxRem / r
+			}
+			x += f * load[a] * factor
+		}
+		return x
+	}
+	left := func(c candidate) float64 {
+		x := 0.0
+		for a, f := range c.fr {
+			x += f * rem[a]
+		}
+		return x
+	}
 	best, bestCost := -1, 0.0
 	for i, c := range cands {
-		cost := load.cost(c.fr)
-		if best < 0 || before(c, cost, cands[best], bestCost) {
-			best, bestCost = i, cost
+		cc := cost(c)
+		if best < 0 || before(c, cc, left(c), cands[best], bestCost, left(cands[best])) {
+			best, bestCost = i, cc
 		}
 	}
 	return best
 }
 
-func before(a candidate, ac float64, b candidate, bc float64) bool {
+func before(a candidate, ac, al float64, b candidate, bc, bl float64) bool {
 	if a.first != b.first {
 		return a.first
 	}
 	if !a.first && ac != bc {
 		return ac < bc
 	}
+	if !a.first && al != bl {
+		return al > bl
+	}
 	if !a.sh.Checkpoint.NextRunAt.Equal(b.sh.Checkpoint.NextRunAt) {
 		return a.sh.Checkpoint.NextRunAt.Before(b.sh.Checkpoint.NextRunAt)
 	}
 	return strings.Compare(a.sh.ID, b.sh.ID) < 0
+}
+
+// remainingWork is, per account, the cards of the due shards (all owners) divided by the
+// cards per second the account's quota allows.
+func remainingWork(shards []fsm.ShardState, accts map[string]fsm.Account, now time.Time) map[string]float64 {
+	rem := map[string]float64{}
+	for _, sh := range shards {
+		if !due(sh, now) {
+			continue
+		}
+		for a, n := range sh.Accounts {
+			rem[a] += float64(n)
+		}
+	}
+	for a, n := range rem {
+		acct, ok := accts[a]
+		if !ok || acct.RatePerSec <= 0 {
+			delete(rem, a)
+			continue
+		}
+		perSec := acct.RatePerSec * float64(max(acct.BatchSize, 1)) / float64(carrier.CallsPerQuery(acct.Carrier))
+		rem[a] = n / perSec
+	}
+	return rem
 }

@@ -29,6 +29,7 @@ func TestClaimOrderSpreadsAccounts(t *testing.T) {
 		name    string
 		running []fsm.ShardState
 		due     []fsm.ShardState
+		rem     map[string]float64
 		want    []string
 	}{
 		{
@@ -68,6 +69,15 @@ func TestClaimOrderSpreadsAccounts(t *testing.T) {
 			// loads: cmcc .8, cucc .2 -> c1 (0), b1 (.2), m1 (.5) then m1 after b1 adds cucc.
 			want: []string{"c1", "b1", "m1"},
 		},
+		{
+			name: "past one shard each, the account with the most work left goes first",
+			due: []fsm.ShardState{
+				shard("a1", 3*time.Minute, fsm.StateIdle, cmcc), shard("a2", 3*time.Minute, fsm.StateIdle, cmcc),
+				shard("b1", time.Minute, fsm.StateIdle, cucc), shard("b2", time.Minute, fsm.StateIdle, cucc),
+			},
+			rem:  map[string]float64{"cmcc": 10, "cucc": 40},
+			want: []string{"b1", "a1", "b2", "a2"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,7 +88,7 @@ func TestClaimOrderSpreadsAccounts(t *testing.T) {
 			cands := newCandidates(tt.due, nil, now, time.Hour)
 			var got []string
 			for len(cands) > 0 {
-				c := cands[pickNext(cands, load)]
+				c := cands[pickNext(cands, load, tt.rem)]
 				got = append(got, c.sh.ID)
 				load.add(c.fr)
 				cands = slices.DeleteFunc(cands, func(o candidate) bool { return o.sh.ID == c.sh.ID })

@@ -268,8 +268,12 @@ func (s *Syncer) poll(ctx context.Context) {
 		}
 	}
 	cands := newCandidates(claimable, ents, start, s.cfg.MaxDueWait)
+	var rem map[string]float64
+	if len(cands) > 1 {
+		rem = remainingWork(shards, accts, start)
+	}
 	for len(cands) > 0 && len(runningHere) < s.cfg.MaxWorkers {
-		c := cands[pickNext(cands, load)]
+		c := cands[pickNext(cands, load, rem)]
 		sh := c.sh
 		cands = slices.DeleteFunc(cands, func(o candidate) bool { return o.sh.ID == sh.ID })
 		claim := fsm.Claim{Shard: sh.ID, Node: me, Epoch: sh.Epoch, Lease: s.cfg.Lease}
