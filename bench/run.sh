@@ -25,7 +25,7 @@
 # leader failover and takeover: their timing is the profile's, whatever the workload;
 # the fast profile's runs stay; the fixed 30 s false-death watch), the 500k-card scale
 # run, and the quota-use variants that only compare with the batching run (interleaved
-# import, no batching, no sharing). What remains, with -short sizes, and its wall time
+# import, static split, no batching, no sharing). What remains, with -short sizes, and its wall time
 # on this 2-core machine (3 min 30 s to 4 min 15 s in all, go build cache warm; the scenarios
 # wait on clusters, so a busy machine stretches them):
 #   micro-benchmarks, 4 runs of 50 ms each                                   ~6 s
@@ -64,7 +64,7 @@ if [[ "${QUICK:-}" == "1" ]]; then
 	# -skip splits at top-level slashes and bars: each alternative names its levels.
 	skip='^BenchmarkFailureDetection$/^lan$|^BenchmarkLeaderFailover$/^lan$|^BenchmarkTakeover$/^lan$'
 	skip+='|^BenchmarkIdleFalseDeaths$|^BenchmarkScale$/^500k$'
-	skip+='|^BenchmarkQuotaUse$/^(batching-interleaved|no-batching|no-share)$'
+	skip+='|^BenchmarkQuotaUse$/^(batching-interleaved|static-split|no-batching|no-share)$'
 fi
 flags+=(-timeout "$timeout")
 count="${COUNT:-3}"

@@ -79,6 +79,10 @@ func (n *Node) QuotaStats() quota.Stats { return n.quota.Stats() }
 // whose tokens would come after ctx's deadline fails with quota.ErrTooLate (see
 // quota.RetryAfter).
 func (n *Node) Tokens(ctx context.Context, account string, count int) ([]time.Duration, error) {
+	// A node that stops (or is killed) stops asking at once: its carrier calls are over.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(n.ctx, cancel)()
 	for {
 		offs, err := n.tokensOnce(ctx, account, count)
 		if err == nil {

@@ -53,7 +53,13 @@ func TestClusterQuotaTokens(t *testing.T) {
 		t.Fatalf("bad request: status %d, %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 
+	ln := l.Node()
 	c.Kill(l)
+	// A killed node stops asking at once (its syncer's workers wait on it as they stop).
+	start := time.Now()
+	if _, err := ln.Tokens(testcluster.Ctx(t, 10*time.Second), "acct", 1); err == nil || time.Since(start) > 2*time.Second {
+		t.Fatalf("tokens on a killed node: %v after %v", err, time.Since(start))
+	}
 	nl := c.WaitLeader(30 * time.Second)
 	if _, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 1); err != nil {
 		t.Fatalf("tokens after the failover: %v", err)

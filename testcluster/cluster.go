@@ -435,6 +435,21 @@ func (c *Cluster) stable() bool {
 		if f.Error() != nil || len(f.Configuration().Servers) < len(up) {
 			return false
 		}
+		// Members join as non-voters and are promoted after the stabilization time: a
+		// cluster whose third member is not a voter yet cannot lose its leader.
+		upNames := map[string]bool{}
+		for _, m := range up {
+			upNames[m.Name] = true
+		}
+		voters := 0
+		for _, srv := range f.Configuration().Servers {
+			if srv.Suffrage == raft.Voter && upNames[string(srv.ID)] {
+				voters++
+			}
+		}
+		if voters < min(len(up), 3) {
+			return false
+		}
 	}
 	l := c.Leader()
 	if l == nil {

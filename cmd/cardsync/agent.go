@@ -96,6 +96,9 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentOptions, error) {
 		if fc.Sync.MaxWorkers > 0 {
 			o.sync.MaxWorkers = fc.Sync.MaxWorkers
 		}
+		if fc.Sync.MaxDueWait > 0 {
+			o.sync.MaxDueWait = fc.Sync.MaxDueWait
+		}
 	}
 	o.node.Name, o.node.DataDir, o.node.GossipAddr, o.node.RaftAddr, o.node.HTTPAddr = *name, *dataDir, *bind, *raftAddr, *httpAddr
 	o.node.Join, o.node.BootstrapExpect, o.node.Dev = join, *expect, *dev

@@ -48,6 +48,7 @@ type FileConfig struct {
 		PollInterval time.Duration `yaml:"poll_interval"`
 		Lease        time.Duration `yaml:"lease"`
 		MaxWorkers   int           `yaml:"max_workers"`
+		MaxDueWait   time.Duration `yaml:"max_due_wait"`
 		Groups       int           `yaml:"groups"`
 		ShardSize    int           `yaml:"shard_size"`
 	} `yaml:"sync"`
