@@ -435,8 +435,9 @@ func (c *Cluster) stable() bool {
 		if f.Error() != nil || len(f.Configuration().Servers) < len(up) {
 			return false
 		}
-		// Members join as non-voters and are promoted after the stabilization time: a
-		// cluster whose third member is not a voter yet cannot lose its leader.
+		// Members join as non-voters and are promoted after the stabilization time, to an
+		// odd number of voters: a cluster whose third member is not a voter yet cannot
+		// lose its leader.
 		upNames := map[string]bool{}
 		for _, m := range up {
 			upNames[m.Name] = true
@@ -447,7 +448,11 @@ func (c *Cluster) stable() bool {
 				voters++
 			}
 		}
-		if voters < min(len(up), 3) {
+		want := min(len(up), 3)
+		if want%2 == 0 {
+			want--
+		}
+		if voters < want {
 			return false
 		}
 	}
