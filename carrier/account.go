@@ -199,6 +199,50 @@ func (a *Account) broadcastLocked() {
 	a.wake = make(chan struct{})
 }
 
+// abandonKey carries a query's abandon channel (see WithAbandon).
+type abandonKey struct{}
+
+// WithAbandon lets the queries made with ctx be given up when ch is closed, as long as
+// they still wait for a concurrency slot or their call tokens: they then return
+// ErrAbandoned and nothing goes to the carrier. Once a query's calls may start, it runs
+// to its answer under ctx alone. A worker handing its shard to another node uses it, so
+// it stops at once instead of waiting in the quota's queue for a call it no longer needs.
+func WithAbandon(ctx context.Context, ch <-chan struct{}) context.Context {
+	return context.WithValue(ctx, abandonKey{}, ch)
+}
+
+// preCallContext is ctx, also ended when its abandon channel closes.
+func preCallContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ch, _ := ctx.Value(abandonKey{}).(<-chan struct{})
+	pre, cancel := context.WithCancel(ctx)
+	if ch == nil {
+		return pre, cancel
+	}
+	go func() {
+		select {
+		case <-ch:
+			cancel()
+		case <-pre.Done():
+		}
+	}()
+	return pre, cancel
+}
+
+// abandonedOr is ErrAbandoned when ctx's abandon channel is closed and ctx itself has not
+// ended, err otherwise.
+func abandonedOr(ctx context.Context, err error) error {
+	ch, _ := ctx.Value(abandonKey{}).(<-chan struct{})
+	if ch == nil || ctx.Err() != nil {
+		return err
+	}
+	select {
+	case <-ch:
+		return fmt.Errorf("%w: %v", ErrAbandoned, err)
+	default:
+		return err
+	}
+}
+
 // priorityKey marks a query context as prioritized (see WithPriority).
 type priorityKey struct{}
 
@@ -469,10 +513,14 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 		a.pending--
 		a.mu.Unlock()
 	}()
+	// Until its tokens are in hand the query may be abandoned (WithAbandon): nothing has
+	// gone to the carrier yet.
+	pre, endPre := preCallContext(ctx)
+	defer endPre()
 	me := a.enqueuePartial(iccids)
-	if err := a.acquire(ctx, me); err != nil {
+	if err := a.acquire(pre, me); err != nil {
 		if a.dequeuePartial(me) {
-			return nil, err
+			return nil, abandonedOr(ctx, err)
 		}
 		// Taken into another query's call: its answer is this query's.
 		return me.wait(ctx)
@@ -485,7 +533,7 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 	a.mu.Lock()
 	a.formingRoom += room
 	a.mu.Unlock()
-	rt, err := a.reserve(ctx, a.callsFor(len(iccids)))
+	rt, err := a.reserve(pre, a.callsFor(len(iccids)))
 	a.mu.Lock()
 	a.formingRoom -= room
 	if room > 0 {
@@ -493,7 +541,7 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 	}
 	a.mu.Unlock()
 	if err != nil {
-		return nil, err
+		return nil, abandonedOr(ctx, err)
 	}
 	defer rt.cancel()
 	// Riders are taken once the tokens are in hand: with the cluster's shared bucket the

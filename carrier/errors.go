@@ -80,6 +80,9 @@ var (
 	// ErrCircuitOpen is wrapped by the KindTransient error an Account returns
 	// while its circuit breaker is open.
 	ErrCircuitOpen = errors.New("carrier: circuit open")
+	// ErrAbandoned: the query was given up (WithAbandon) while it waited for a
+	// concurrency slot or its call tokens; nothing was sent to the carrier.
+	ErrAbandoned = errors.New("carrier: query abandoned before its call")
 )
 
 func (k Kind) sentinel() error {

@@ -144,3 +144,36 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
+
+// TestAbandonBeforeTheCall: a query given up while it waits for its tokens returns
+// ErrAbandoned and sends nothing to the carrier.
+func TestAbandonBeforeTheCall(t *testing.T) {
+	spec := testSpecs[0]
+	s := startSim(t, []sim.AccountSpec{spec})
+	acct, err := carrier.NewAccount(accountCfg(s, spec.ID), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acct.SetShare(100, 10, 1)
+	ts := &gatedTokens{release: make(chan struct{})}
+	acct.SetTokenSource(ts)
+	good, _ := goodCards(t, s, spec.ID, 100)
+	stop := make(chan struct{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	actx := carrier.WithAbandon(ctx, stop)
+	errs := make(chan error, 2)
+	go func() { _, err := acct.Query(actx, good[:100]); errs <- err }() // waits for tokens
+	waitFor(t, func() bool { ts.mu.Lock(); defer ts.mu.Unlock(); return len(ts.asked) == 1 })
+	go func() { _, err := acct.Query(actx, good[:100]); errs <- err }() // waits for the slot
+	waitFor(t, func() bool { return acct.Stats().Pending == 2 })
+	close(stop)
+	for range 2 {
+		if err := <-errs; !errors.Is(err, carrier.ErrAbandoned) {
+			t.Fatalf("abandoned query: %v", err)
+		}
+	}
+	if st := s.Stats().Accounts[spec.ID]; st.Calls != 0 {
+		t.Fatalf("the carrier saw %d calls", st.Calls)
+	}
+}

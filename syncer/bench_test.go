@@ -429,6 +429,7 @@ func takeoverTrial(b *testing.B, c *testcluster.Cluster, restart bool) takeover 
 	c.Kill(victim)
 	var claimed time.Duration
 	finished := map[string]bool{}
+	movedAt := map[string]time.Duration{}
 	testcluster.WaitFor(b, 60*time.Second, "every shard of the killed member progressing under a new owner", func() bool {
 		l := c.Leader()
 		if l == nil {
@@ -453,6 +454,8 @@ func takeoverTrial(b *testing.B, c *testcluster.Cluster, restart bool) takeover 
 			}
 			if s.Epoch <= h.epoch || !moved || s.Owner == victim.Name || !s.Checkpoint.UpdatedAt.After(killed) {
 				allMoved = false
+			} else if _, seen := movedAt[id]; !seen {
+				movedAt[id] = time.Since(killed)
 			}
 		}
 		if allClaimed && claimed == 0 {
@@ -462,6 +465,21 @@ func takeoverTrial(b *testing.B, c *testcluster.Cluster, restart bool) takeover 
 	})
 	took := time.Since(killed)
 	shards := len(held) - len(finished)
+	if took > 5*time.Second {
+		// Say which shard was last, for the analysis of the tail (bench/NOTES.md).
+		last, at := "", time.Duration(0)
+		for id, d := range movedAt {
+			if d > at {
+				last, at = id, d
+			}
+		}
+		if l := c.Leader(); l != nil && last != "" {
+			if s, err := l.Node().FSM().Shard(last); err == nil {
+				b.Logf("slowest shard %s (cards per account %v) progressed under %s after %v; reason %q",
+					last, s.Accounts, s.Owner, at.Round(time.Millisecond), s.Checkpoint.Reason)
+			}
+		}
+	}
 	if restart || shards == 0 {
 		c.Restart(victim)
 		c.WaitStable(60 * time.Second)

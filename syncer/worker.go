@@ -417,6 +417,9 @@ func (w *worker) call(ctx context.Context, b *batch, first bool) ([]carrier.Resu
 	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Lease/2)
 	defer cancel()
+	// A query still waiting for a slot or its tokens when the worker is stopped (a
+	// handoff, the node stopping) is given up: nothing has been fetched yet.
+	cctx = carrier.WithAbandon(cctx, w.stopCh)
 	if first {
 		cctx = carrier.WithPriority(cctx)
 	}
@@ -429,6 +432,11 @@ func (w *worker) record(ctx context.Context, a answer) (ok bool, reason string, 
 	s := w.s
 	b, results, callErr := a.b, a.results, a.err
 	acct := s.accounts[b.account]
+	if errors.Is(callErr, carrier.ErrAbandoned) {
+		// Given up before its call because the worker stops: the batch stays unanswered
+		// (the cursor stays before it) and the account is not backed off.
+		return false, w.stopReason, time.Time{}, nil
+	}
 	kind := carrier.KindOf(callErr)
 	s.m.calls.WithLabelValues(b.account, kind.String()).Inc()
 	if callErr != nil {
