@@ -120,10 +120,10 @@ type quotaRequest struct {
 type quotaReply struct {
 	Offsets []int64 `json:"offsets_ns,omitempty"`
 	// PlannedNS is how long the leader planned to hold the request before answering.
-	PlannedNS int64 `json:"planned_ns,omitempty"`
-	Code     string  `json:"code,omitempty"`
-	Error    string  `json:"error,omitempty"`
-	RetryMS  int64   `json:"retry_after_ms,omitempty"`
+	PlannedNS int64  `json:"planned_ns,omitempty"`
+	Code      string `json:"code,omitempty"`
+	Error     string `json:"error,omitempty"`
+	RetryMS   int64  `json:"retry_after_ms,omitempty"`
 }
 
 func (n *Node) tokensOnce(ctx context.Context, account string, count int) ([]time.Duration, error) {
