@@ -61,15 +61,6 @@ func (l accountLoad) add(fr map[string]float64) {
 	}
 }
 
-// cost is how much the shard's accounts overlap the load.
-func (l accountLoad) cost(fr map[string]float64) float64 {
-	c := 0.0
-	for a, f := range fr {
-		c += f * l[a]
-	}
-	return c
-}
-
 // candidate is a due shard this node may claim, with what ranks it.
 type candidate struct {
 	sh    fsm.ShardState
