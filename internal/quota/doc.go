@@ -7,11 +7,12 @@
 // it, and the calls of all nodes together never exceed the bucket.
 //
 // The leader answers a request when its first token is due (with the offsets of the
-// others), so a node calls at once on the answer and no clock is compared between
-// machines. An answer that arrives late (a stalled process or network) is thrown away
-// by the node (Client). A new leader grants nothing for a hold-off period, longer than a
-// deposed leader can go on granting before it notices (twice Raft's leader lease), and
-// starts with empty buckets, so two leaders' grants never overlap.
+// others), after confirming its leadership (Config.Verify), so a node calls at once on the
+// answer and no clock is compared between machines. The node throws away an answer that
+// arrives later than planned (GrantPlanned; a paused leader or network; node.Tokens). A
+// new leader grants nothing for a hold-off period, longer than a deposed leader can go on
+// granting before it notices (twice Raft's leader lease), and starts with empty buckets,
+// so two leaders' grants never overlap.
 //
 // Concurrency slots are not handled here: they stay split between the nodes from the
 // replicated state (syncer), since a slot is held for a whole call and a leader that
