@@ -458,6 +458,7 @@ func (a *Account) gate(ctx context.Context) error {
 	return a.waitReservation(ctx, r)
 }
 
+// sleepUntil waits until at or until ctx ends (its error).
 func sleepUntil(ctx context.Context, at time.Time) error {
 	d := time.Until(at)
 	if d <= 0 {
@@ -480,15 +481,11 @@ func (a *Account) waitReservation(ctx context.Context, r *rate.Reservation) erro
 	}
 	a.limiterWaits.Add(1)
 	a.limiterWaitNanos.Add(int64(d))
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
+	if err := sleepUntil(ctx, time.Now().Add(d)); err != nil {
 		r.Cancel()
-		return ctx.Err()
+		return err
 	}
+	return nil
 }
 
 // Query waits for a concurrency slot, then calls the carrier through the
