@@ -1,7 +1,7 @@
 package fsm
 
 import (
-	"maps"
+	"slices"
 	"testing"
 )
 
@@ -26,25 +26,25 @@ func TestShardAccountCounts(t *testing.T) {
 	tests := []struct {
 		name   string
 		change []CardImport
-		want   map[string]int
+		want   []AccountCards
 	}{
-		{"after import", nil, map[string]int{"acc-1": 3, "acc-2": 2}},
-		{"card moved to another account", []CardImport{{ICCID: iccid(0), Enterprise: "ent-a", Account: "acc-2"}}, map[string]int{"acc-1": 2, "acc-2": 3}},
-		{"same account again changes nothing", []CardImport{{ICCID: iccid(0), Enterprise: "ent-a", Account: "acc-2"}}, map[string]int{"acc-1": 2, "acc-2": 3}},
-		{"every card on one account", []CardImport{{ICCID: iccid(1), Enterprise: "ent-a", Account: "acc-2"}, {ICCID: iccid(2), Enterprise: "ent-a", Account: "acc-2"}}, map[string]int{"acc-2": 5}},
+		{"after import", nil, []AccountCards{{"acc-1", 3}, {"acc-2", 2}}},
+		{"card moved to another account", []CardImport{{ICCID: iccid(0), Enterprise: "ent-a", Account: "acc-2"}}, []AccountCards{{"acc-1", 2}, {"acc-2", 3}}},
+		{"same account again changes nothing", []CardImport{{ICCID: iccid(0), Enterprise: "ent-a", Account: "acc-2"}}, []AccountCards{{"acc-1", 2}, {"acc-2", 3}}},
+		{"every card on one account", []CardImport{{ICCID: iccid(1), Enterprise: "ent-a", Account: "acc-2"}, {ICCID: iccid(2), Enterprise: "ent-a", Account: "acc-2"}}, []AccountCards{{"acc-2", 5}}},
 	}
 	for _, tc := range tests {
 		if tc.change != nil {
 			h.ok(ImportCards{Cards: tc.change})
 		}
-		if got := h.shard(id).Accounts; !maps.Equal(got, tc.want) {
+		if got := h.shard(id).Accounts; !slices.Equal(got, tc.want) {
 			t.Fatalf("%s: accounts %v, want %v", tc.name, got, tc.want)
 		}
 	}
 
 	// Records round-trip with and without the counts.
 	rec := shardRec{Group: 1, N: 2, Cards: 5, Enterprises: []string{"ent-a"}, Reason: "r"}
-	for _, accts := range [][]accountCount{nil, {{"acc-1", 2}, {"acc-2", 3}}, {{"acc-1", 2}}} {
+	for _, accts := range [][]AccountCards{nil, {{"acc-1", 2}, {"acc-2", 3}}, {{"acc-1", 2}}} {
 		rec.Accounts = accts
 		var back shardRec
 		if err := back.decode(rec.encode(nil)); err != nil {
@@ -60,7 +60,7 @@ func TestShardAccountCounts(t *testing.T) {
 		}
 	}
 	// A truncated trailer is a corrupt record, not a silent zero.
-	rec.Accounts = []accountCount{{"acc-1", 5}}
+	rec.Accounts = []AccountCards{{"acc-1", 5}}
 	b := rec.encode(nil)
 	var back shardRec
 	if err := back.decode(b[:len(b)-1]); err == nil {

@@ -288,20 +288,14 @@ type shardRec struct {
 	// Accounts counts the shard's cards per carrier account, sorted by account. Records
 	// written before it existed have none (nil): readers then fall back to the
 	// enterprises' accounts.
-	Accounts []accountCount
-}
-
-// accountCount is how many of a shard's cards belong to one carrier account.
-type accountCount struct {
-	Account string
-	Cards   int
+	Accounts []AccountCards
 }
 
 // addAccount adds n (which may be negative) to the shard's count of account's cards.
 func (s *shardRec) addAccount(account string, n int) {
-	i, found := slices.BinarySearchFunc(s.Accounts, account, func(c accountCount, a string) int { return strings.Compare(c.Account, a) })
+	i, found := slices.BinarySearchFunc(s.Accounts, account, func(c AccountCards, a string) int { return strings.Compare(c.Account, a) })
 	if !found {
-		s.Accounts = slices.Insert(s.Accounts, i, accountCount{Account: account})
+		s.Accounts = slices.Insert(s.Accounts, i, AccountCards{Account: account})
 	}
 	s.Accounts[i].Cards += n
 	if s.Accounts[i].Cards <= 0 {
@@ -380,29 +374,26 @@ func (s *shardRec) decode(b []byte) error {
 		if n > len(r.b) {
 			return errCorruptRecord
 		}
-		s.Accounts = make([]accountCount, n)
+		s.Accounts = make([]AccountCards, n)
 		for i := range s.Accounts {
-			s.Accounts[i] = accountCount{Account: r.str(), Cards: r.int()}
+			s.Accounts[i] = AccountCards{Account: r.str(), Cards: r.int()}
 		}
 	}
 	return r.err
 }
 
-// public converts the record; the result shares s.Enterprises (decode allocates it
-// afresh for every record).
+// public converts the record; the result shares s.Enterprises and s.Accounts (decode
+// allocates them afresh for every record).
 func (s *shardRec) public(id string) ShardState {
-	var accts map[string]int
+	accts := s.Accounts
 	sum := 0
-	for _, c := range s.Accounts {
+	for _, c := range accts {
 		sum += c.Cards
 	}
 	// A shard written before the counts were kept and grown since holds counts for only
 	// some of its cards: they are left out rather than shown wrong.
-	if len(s.Accounts) > 0 && sum == s.Cards {
-		accts = make(map[string]int, len(s.Accounts))
-		for _, c := range s.Accounts {
-			accts[c.Account] = c.Cards
-		}
+	if sum != s.Cards {
+		accts = nil
 	}
 	return ShardState{
 		ID: id, Group: s.Group, Cards: s.Cards, Enterprises: s.Enterprises, Accounts: accts,

@@ -128,9 +128,10 @@ type ShardState struct {
 	Group       int      `json:"group"`
 	Cards       int      `json:"cards"`
 	Enterprises []string `json:"enterprises"`
-	// Accounts counts the shard's cards per carrier account. It is empty for shards
-	// last written by a version that did not keep it (see AccountCards).
-	Accounts map[string]int `json:"accounts,omitempty"`
+	// Accounts counts the shard's cards per carrier account, sorted by account; every
+	// card is counted. It is empty for a shard whose record was written before the
+	// counts were kept.
+	Accounts []AccountCards `json:"accounts,omitempty"`
 	// Epoch is the fencing token, bumped at every grant and every forced takeover.
 	Epoch      uint64     `json:"epoch"`
 	Owner      string     `json:"owner,omitempty"`
@@ -138,6 +139,12 @@ type ShardState struct {
 	Checkpoint Checkpoint `json:"checkpoint"`
 	// History holds the latest finished rounds, oldest first; only Shard fills it.
 	History []Round `json:"history,omitempty"`
+}
+
+// AccountCards is how many of a shard's cards belong to one carrier account.
+type AccountCards struct {
+	Account string `json:"account"`
+	Cards   int    `json:"cards"`
 }
 
 // LiveClaim reports whether the shard has an owner whose lease runs past now.

@@ -18,7 +18,9 @@ import (
 // spare, have no query waiting. So among the due shards a node may claim it takes, one at
 // a time, the shard whose accounts it is least busy on: the sum over the shard's accounts
 // of (the shard's fraction of cards on that account) x (the cards fraction of that
-// account over the shards this node already runs). Ties go oldest first. Two kinds of
+// account over the shards this node already runs), each account's term scaled down when
+// it has more due work left than the others (pickNext). Then the shard with the most work
+// left, then the oldest. Two kinds of
 // shard go ahead of that balance: an unfinished task (a shard taken over or handed off
 // resumes at once) and a shard due for longer than MaxDueWait (none starves), both
 // oldest first.
@@ -28,9 +30,10 @@ import (
 // accounts.
 func accountFractions(sh fsm.ShardState, ents map[string]fsm.Enterprise) map[string]float64 {
 	out := map[string]float64{}
-	if total := sum(sh.Accounts); total > 0 {
-		for a, n := range sh.Accounts {
-			out[a] = float64(n) / float64(total)
+	if len(sh.Accounts) > 0 && sh.Cards > 0 {
+		// The counts cover every card of the shard (fsm.ShardState).
+		for _, c := range sh.Accounts {
+			out[c.Account] = float64(c.Cards) / float64(sh.Cards)
 		}
 		return out
 	}
@@ -41,14 +44,6 @@ func accountFractions(sh fsm.ShardState, ents map[string]fsm.Enterprise) map[str
 		}
 	}
 	return out
-}
-
-func sum(m map[string]int) int {
-	t := 0
-	for _, n := range m {
-		t += n
-	}
-	return t
 }
 
 // accountLoad is how busy a node is on each account: the sum of accountFractions over
@@ -105,11 +100,11 @@ func pickNext(cands []candidate, load accountLoad, rem map[string]float64) int {
 		}
 		return x
 	}
-	best, bestCost := -1, 0.0
+	best, bestCost, bestLeft := -1, 0.0, 0.0
 	for i, c := range cands {
-		cc := cost(c)
-		if best < 0 || before(c, cc, left(c), cands[best], bestCost, left(cands[best])) {
-			best, bestCost = i, cc
+		cc, cl := cost(c), left(c)
+		if best < 0 || before(c, cc, cl, cands[best], bestCost, bestLeft) {
+			best, bestCost, bestLeft = i, cc, cl
 		}
 	}
 	return best
@@ -139,8 +134,8 @@ func remainingWork(shards []fsm.ShardState, accts map[string]fsm.Account, now ti
 		if !due(sh, now) {
 			continue
 		}
-		for a, n := range sh.Accounts {
-			rem[a] += float64(n)
+		for _, c := range sh.Accounts {
+			rem[c.Account] += float64(c.Cards)
 		}
 	}
 	for a, n := range rem {

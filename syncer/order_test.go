@@ -1,6 +1,7 @@
 package syncer
 
 import (
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -16,10 +17,12 @@ func TestClaimOrderSpreadsAccounts(t *testing.T) {
 	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
 	shard := func(id string, age time.Duration, state string, accts map[string]int) fsm.ShardState {
 		n := 0
-		for _, c := range accts {
-			n += c
+		var counts []fsm.AccountCards
+		for _, a := range slices.Sorted(maps.Keys(accts)) {
+			counts = append(counts, fsm.AccountCards{Account: a, Cards: accts[a]})
+			n += accts[a]
 		}
-		return fsm.ShardState{ID: id, Cards: n, Accounts: accts, Enterprises: []string{"e1"},
+		return fsm.ShardState{ID: id, Cards: n, Accounts: counts, Enterprises: []string{"e1"},
 			Checkpoint: fsm.Checkpoint{State: state, NextRunAt: now.Add(-age)}}
 	}
 	cmcc := map[string]int{"cmcc": 500}

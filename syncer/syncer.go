@@ -474,11 +474,11 @@ func shareWeights(shards []fsm.ShardState, owners map[string]string, ents map[st
 			continue
 		}
 		if len(sh.Accounts) > 0 {
-			for a, n := range sh.Accounts {
-				if weight[a] == nil {
-					weight[a] = map[string]float64{}
+			for _, c := range sh.Accounts {
+				if weight[c.Account] == nil {
+					weight[c.Account] = map[string]float64{}
 				}
-				weight[a][owner] += float64(n)
+				weight[c.Account][owner] += float64(c.Cards)
 			}
 			continue
 		}
