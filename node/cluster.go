@@ -174,12 +174,7 @@ func (n *Node) remotePeers(ctx context.Context, httpAddr string) (peersInfo, err
 	var p peersInfo
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.forwarder.url(httpAddr, "/internal/v1/peers"), nil)
-	if err != nil {
-		return p, err
-	}
-	n.forwarder.sign(req, nil)
-	resp, err := n.forwarder.client.Do(req)
+	resp, err := n.forwarder.call(ctx, http.MethodGet, httpAddr, "/internal/v1/peers", nil)
 	if err != nil {
 		return p, err
 	}

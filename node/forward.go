@@ -141,6 +141,24 @@ func (f *forwarder) sign(req *http.Request, body []byte) {
 	req.Header.Set(hdrSignature, f.mac(ts, body))
 }
 
+// call sends a signed internal request to the node whose HTTP API is at addr (the
+// caller closes the response body).
+func (f *forwarder) call(ctx context.Context, method, addr, path string, body []byte) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, f.url(addr, path), rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	f.sign(req, body)
+	return f.client.Do(req)
+}
+
 // verify checks an internal request's signature, its age, and that it was not seen before.
 func (f *forwarder) verify(r *http.Request, body []byte) error {
 	if f.mtls && r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {

@@ -115,10 +115,6 @@ func New(cfg Config) (*Node, error) {
 	if n.fsm, err = fsm.Open(fcfg, cfg.Logger.Named("fsm")); err != nil {
 		return nil, fmt.Errorf("open fsm: %w", err)
 	}
-	if err := n.startQuota(); err != nil {
-		return nil, err
-	}
-	n.leaderNotify = make(chan bool, 16)
 	if err := n.startRaft(); err != nil {
 		return nil, err
 	}
@@ -262,6 +258,10 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("open snapshot store: %w", err)
 	}
 	rc := n.cfg.raftConfig(n.name, logger)
+	if n.quota, err = n.newQuotaServer(rc); err != nil {
+		return err
+	}
+	n.leaderNotify = make(chan bool, 16)
 	rc.NotifyCh = n.leaderNotify
 	why, err := fsmNeedsSnapshot(n.fsm, snaps)
 	if err != nil {

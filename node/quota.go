@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -26,16 +25,14 @@ const quotaPath = "/internal/v1/quota"
 // a call never goes out long after the leader counted it.
 const quotaStale = 250 * time.Millisecond
 
-func (n *Node) startQuota() error {
-	rc := n.cfg.raftConfig(n.name, nil)
+// newQuotaServer builds the quota server for Raft's configuration rc: a deposed leader
+// steps down within about two leader leases of losing its quorum.
+func (n *Node) newQuotaServer(rc *raft.Config) (*quota.Server, error) {
 	qc := quota.DefaultConfig()
-	// A deposed leader steps down within about two leader leases of losing its quorum.
 	qc.HoldOff = 2*rc.LeaderLeaseTimeout + quotaStale + 250*time.Millisecond
 	qc.Logger = n.logger
 	qc.Verify = func() error { return n.raft.VerifyLeader().Error() }
-	var err error
-	n.quota, err = quota.NewServer(qc, n.quotaLimits, n.quotaAllow)
-	return err
+	return quota.NewServer(qc, n.quotaLimits, n.quotaAllow)
 }
 
 func (n *Node) quotaLimits(account string) (quota.Limits, bool) {
@@ -145,16 +142,10 @@ func (n *Node) tokensOnce(ctx context.Context, account string, count int) ([]tim
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, n.forwarder.url(addr, quotaPath), bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	hr.Header.Set("Content-Type", "application/json")
-	n.forwarder.sign(hr, body)
+	ctx, stop := n.whileLeader(ctx, addr)
+	defer stop()
 	sent := time.Now()
-	resp, err := n.forwarder.client.Do(hr.WithContext(n.whileLeader(ctx, addr)))
+	resp, err := n.forwarder.call(ctx, http.MethodPost, addr, quotaPath, body)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoLeader, err)
 	}
@@ -248,13 +239,13 @@ func (n *Node) handleQuota(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, rep)
 }
 
-// whileLeader returns a context that ends with ctx or as soon as this node sees another
-// leader than the one at addr (or none): a request held by a leader that was paused or
-// cut off is abandoned and asked of the new one, not waited out.
-func (n *Node) whileLeader(ctx context.Context, addr string) context.Context {
+// whileLeader returns a context that ends with ctx, with its cancel function, or as soon
+// as this node sees another leader than the one at addr (or none): a request held by a
+// leader that was paused or cut off is abandoned and asked of the new one, not waited
+// out.
+func (n *Node) whileLeader(ctx context.Context, addr string) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(ctx)
 	go func() {
-		defer cancel()
 		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		for {
@@ -263,10 +254,11 @@ func (n *Node) whileLeader(ctx context.Context, addr string) context.Context {
 				return
 			case <-t.C:
 				if a, err := n.leaderHTTPAddr(); err != nil || a != addr {
+					cancel()
 					return
 				}
 			}
 		}
 	}()
-	return ctx
+	return ctx, cancel
 }

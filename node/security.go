@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -222,16 +221,7 @@ func (n *Node) fanOut(ctx context.Context, method, path string, body []byte) map
 func (n *Node) internalKeyringCall(ctx context.Context, method, addr, path string, body []byte) NodeKeyring {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, n.forwarder.url(addr, path), rd)
-	if err != nil {
-		return NodeKeyring{Error: err.Error()}
-	}
-	n.forwarder.sign(req, body)
-	resp, err := n.forwarder.client.Do(req)
+	resp, err := n.forwarder.call(ctx, method, addr, path, body)
 	if err != nil {
 		return NodeKeyring{Error: err.Error()}
 	}

@@ -156,13 +156,6 @@ func (s *Server) Follow() {
 	s.buckets = map[string]*bucket{}
 }
 
-// Leading reports whether the server grants tokens.
-func (s *Server) Leading() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.leading
-}
-
 // Grant takes n tokens of account's bucket for node. It returns when the first token is
 // due, with each token's offset from that moment (the first is 0). It fails at once with
 // a *WaitError during the hold-off or when the last token would come after ctx's deadline
@@ -234,6 +227,11 @@ func (s *Server) reserve(ctx context.Context, node, account string, n int, now t
 			return nil, fmt.Errorf("%w: %v", ErrRefused, err)
 		}
 	}
+	// The account's quota is read from the replicated state before taking the lock.
+	lim, ok := s.limits(account)
+	if !ok || lim.RatePerSec <= 0 {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownAccount, account)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.leading {
@@ -242,10 +240,7 @@ func (s *Server) reserve(ctx context.Context, node, account string, n int, now t
 	if now.Before(s.from) {
 		return nil, &WaitError{Err: ErrHoldOff, RetryAfter: s.from.Sub(now)}
 	}
-	b, err := s.bucketLocked(account, now)
-	if err != nil {
-		return nil, err
-	}
+	b := s.bucketLocked(account, lim, now)
 	// Refuse before reserving: a cancelled reservation does not always give its tokens
 	// back (x/time/rate restores only what no later reservation has counted on).
 	last := needFor(b.lim, now, n)
@@ -283,13 +278,8 @@ func needFor(lim *rate.Limiter, now time.Time, n int) time.Duration {
 	return time.Duration(missing / float64(lim.Limit()) * float64(time.Second))
 }
 
-// bucketLocked returns the account's bucket, created empty or updated to its current
-// limits.
-func (s *Server) bucketLocked(account string, now time.Time) (*bucket, error) {
-	lim, ok := s.limits(account)
-	if !ok || lim.RatePerSec <= 0 {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownAccount, account)
-	}
+// bucketLocked returns the account's bucket, created empty or updated to its limits.
+func (s *Server) bucketLocked(account string, lim Limits, now time.Time) *bucket {
 	r := rate.Limit(lim.RatePerSec * s.cfg.Safety)
 	// One token of the account's burst is kept back for the spread between the moment a
 	// token is granted and the moment the carrier sees the call.
@@ -299,20 +289,21 @@ func (s *Server) bucketLocked(account string, now time.Time) (*bucket, error) {
 		b = &bucket{lim: rate.NewLimiter(r, burst), limits: lim}
 		b.lim.AllowN(now, burst) // start empty
 		s.buckets[account] = b
-		return b, nil
+		return b
 	}
 	if b.limits != lim {
 		b.lim.SetLimitAt(now, r)
 		b.lim.SetBurstAt(now, burst)
 		b.limits = lim
 	}
-	return b, nil
+	return b
 }
 
 // Stats is a snapshot for the operator API.
 type Stats struct {
 	Leading bool              `json:"leading"`
 	From    time.Time         `json:"granting_from,omitzero"`
+	HoldOff time.Duration     `json:"hold_off_ns"`
 	Granted map[string]uint64 `json:"tokens_granted"`
 }
 
@@ -320,7 +311,7 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := Stats{Leading: s.leading, Granted: map[string]uint64{}}
+	st := Stats{Leading: s.leading, HoldOff: s.cfg.HoldOff, Granted: map[string]uint64{}}
 	if s.leading {
 		st.From = s.from
 	}
