@@ -9,6 +9,7 @@ import (
 
 	"cardsync/carrier"
 	"cardsync/carrier/sim"
+	"cardsync/testcluster"
 )
 
 // fakeTokens is a TokenSource that records what it was asked and answers as told.
@@ -120,9 +121,9 @@ func TestPartialQueryRidesWithATokenWait(t *testing.T) {
 		results <- out{len(res), err}
 	}
 	go query(good[:10])
-	waitFor(t, func() bool { ts.mu.Lock(); defer ts.mu.Unlock(); return len(ts.asked) == 1 })
+	testcluster.WaitFor(t, 10*time.Second, "the first query asking for tokens", func() bool { ts.mu.Lock(); defer ts.mu.Unlock(); return len(ts.asked) == 1 })
 	go query(good[10:])
-	waitFor(t, func() bool { return acct.Stats().Pending == 2 })
+	testcluster.WaitFor(t, 10*time.Second, "two queries pending", func() bool { return acct.Stats().Pending == 2 })
 	close(ts.release)
 	for range 2 {
 		if o := <-results; o.err != nil || o.n != 10 {
@@ -131,49 +132,5 @@ func TestPartialQueryRidesWithATokenWait(t *testing.T) {
 	}
 	if st := acct.Stats(); len(ts.asked) != 1 || st.Coalesced != 1 || st.Calls != 1 {
 		t.Fatalf("asked tokens %v times, %d queries coalesced, %d calls: want 1, 1, 1", ts.asked, st.Coalesced, st.Calls)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 10 s")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-// TestAbandonBeforeTheCall: a query given up while it waits for its tokens returns
-// ErrAbandoned and sends nothing to the carrier.
-func TestAbandonBeforeTheCall(t *testing.T) {
-	spec := testSpecs[0]
-	s := startSim(t, []sim.AccountSpec{spec})
-	acct, err := carrier.NewAccount(accountCfg(s, spec.ID), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	acct.SetShare(100, 10, 1)
-	ts := &gatedTokens{release: make(chan struct{})}
-	acct.SetTokenSource(ts)
-	good, _ := goodCards(t, s, spec.ID, 100)
-	stop := make(chan struct{})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	actx := carrier.WithAbandon(ctx, stop)
-	errs := make(chan error, 2)
-	go func() { _, err := acct.Query(actx, good[:100]); errs <- err }() // waits for tokens
-	waitFor(t, func() bool { ts.mu.Lock(); defer ts.mu.Unlock(); return len(ts.asked) == 1 })
-	go func() { _, err := acct.Query(actx, good[:100]); errs <- err }() // waits for the slot
-	waitFor(t, func() bool { return acct.Stats().Pending == 2 })
-	close(stop)
-	for range 2 {
-		if err := <-errs; !errors.Is(err, carrier.ErrAbandoned) {
-			t.Fatalf("abandoned query: %v", err)
-		}
-	}
-	if st := s.Stats().Accounts[spec.ID]; st.Calls != 0 {
-		t.Fatalf("the carrier saw %d calls", st.Calls)
 	}
 }
