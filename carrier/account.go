@@ -44,10 +44,15 @@ type Account struct {
 	// their call tokens: a partial query that fits waits to ride with one of them rather
 	// than take a slot and a call of its own.
 	formingRoom int
+	// tokenWaits are the unprioritized queries that hold a slot while they wait for their
+	// tokens from the TokenSource, oldest first: a prioritized query that finds no slot
+	// free takes the slot of the latest of them (acquire).
+	tokenWaits  []*tokenWait
 	consecutive int // consecutive whole-call failures, for Backoff
 
 	calls, httpCalls, successes   atomic.Uint64
 	limiterWaits, slotWaits       atomic.Uint64
+	preemptions                   atomic.Uint64
 	riders                        atomic.Uint64
 	limiterWaitNanos              atomic.Int64
 	circuitRejects                atomic.Uint64
@@ -67,6 +72,7 @@ type AccountStats struct {
 	LimiterWaits        uint64            // HTTP calls that had to wait for the limiter
 	LimiterWaitTime     time.Duration     // total time spent waiting for the limiter
 	SlotWaits           uint64            // Query calls that had to wait for a concurrency slot
+	Preempted           uint64            // slots a prioritized query took from a query waiting for its tokens
 	Coalesced           uint64            // partial queries answered by another query's call
 	CircuitRejects      uint64            // Query calls refused because the breaker was open
 	Breaker             string            // closed | half-open | open
@@ -121,9 +127,11 @@ func NewAccount(cfg AccountConfig, hc *http.Client, logger hclog.Logger) (*Accou
 
 // TokenSource grants the call tokens of a query from a bucket the whole cluster shares
 // (the Raft leader's, see cardsync/internal/quota). Tokens returns when the first of
-// count tokens is due, with each token's offset from that moment, or fails.
+// count tokens is due, with each token's offset from that moment, or fails. A
+// prioritized request (see WithPriority) goes ahead of the others waiting for the
+// account's tokens.
 type TokenSource interface {
-	Tokens(ctx context.Context, account string, count int) ([]time.Duration, error)
+	Tokens(ctx context.Context, account string, count int, priority bool) ([]time.Duration, error)
 }
 
 type tokenSourceBox struct{ ts TokenSource }
@@ -247,10 +255,13 @@ func abandonedOr(ctx context.Context, err error) error {
 type priorityKey struct{}
 
 // WithPriority marks the queries made with ctx as going ahead of unmarked ones when
-// they wait for a concurrency slot of the account. The syncer marks the first query of
-// each account in a shard's round, so a shard that was just taken over (or just
-// started) gets its first answer after at most the calls already out, not after every
-// query queued on this node.
+// they wait for a concurrency slot of the account or for its tokens from the
+// TokenSource. With a TokenSource, a marked query that finds no slot free takes the slot
+// of an unmarked query still waiting for its tokens (that one gives up its token request
+// and waits for a slot again): a slot is then only ever held ahead of it by a call that
+// is out or about to go. The syncer marks the first query of each account in a shard's
+// round, so a shard that was just taken over (or just started) gets its first answer
+// after at most the calls already out, not after every query queued in the cluster.
 func WithPriority(ctx context.Context) context.Context {
 	return context.WithValue(ctx, priorityKey{}, true)
 }
@@ -285,6 +296,17 @@ func (a *Account) acquire(ctx context.Context, me *partialQuery) error {
 		if a.shareRate > 0 && a.inFlight < a.shareConc && (prio || a.prioWaiting == 0) && !rideSoon {
 			a.inFlight++
 			// With the slot, this query is no longer one another may take.
+			a.removePartialLocked(me)
+			a.mu.Unlock()
+			return nil
+		}
+		if prio && a.shareRate > 0 && a.inFlight <= a.shareConc && len(a.tokenWaits) > 0 {
+			// The slot passes from the latest query waiting for its tokens to this one.
+			tw := a.tokenWaits[len(a.tokenWaits)-1]
+			a.tokenWaits = a.tokenWaits[:len(a.tokenWaits)-1]
+			tw.preempted = true
+			tw.cancel()
+			a.preemptions.Add(1)
 			a.removePartialLocked(me)
 			a.mu.Unlock()
 			return nil
@@ -367,7 +389,7 @@ func (a *Account) reserve(ctx context.Context, n int) (*reservedTokens, error) {
 // reserveShared takes a query's tokens from the cluster's shared bucket.
 func (a *Account) reserveShared(ctx context.Context, ts TokenSource, n int) (*reservedTokens, error) {
 	start := time.Now()
-	offs, err := ts.Tokens(ctx, a.cfg.ID, n)
+	offs, err := ts.Tokens(ctx, a.cfg.ID, n, prioritized(ctx))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -509,32 +531,29 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 	// gone to the carrier yet.
 	pre, endPre := preCallContext(ctx)
 	defer endPre()
-	me := a.enqueuePartial(iccids)
-	if err := a.acquire(pre, me); err != nil {
-		if a.dequeuePartial(me) {
+	var rt *reservedTokens
+	for {
+		me := a.enqueuePartial(iccids)
+		if err := a.acquire(pre, me); err != nil {
+			if a.dequeuePartial(me) {
+				return nil, abandonedOr(ctx, err)
+			}
+			// Taken into another query's call: its answer is this query's.
+			return me.wait(ctx)
+		}
+		var preempted bool
+		var err error
+		rt, preempted, err = a.tokensWithSlot(pre, len(iccids))
+		if preempted {
+			continue // the slot went to a prioritized query: wait for one again
+		}
+		if err != nil {
+			a.release()
 			return nil, abandonedOr(ctx, err)
 		}
-		// Taken into another query's call: its answer is this query's.
-		return me.wait(ctx)
+		break
 	}
 	defer a.release()
-	room := 0
-	if b := a.client.BatchSize(); b > 1 {
-		room = max(0, b-len(iccids))
-	}
-	a.mu.Lock()
-	a.formingRoom += room
-	a.mu.Unlock()
-	rt, err := a.reserve(pre, a.callsFor(len(iccids)))
-	a.mu.Lock()
-	a.formingRoom -= room
-	if room > 0 {
-		a.broadcastLocked()
-	}
-	a.mu.Unlock()
-	if err != nil {
-		return nil, abandonedOr(ctx, err)
-	}
 	defer rt.cancel()
 	// Riders are taken once the tokens are in hand: with the cluster's shared bucket the
 	// wait for them is where the partial queries of other shards pile up.
@@ -549,6 +568,57 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 	}
 	res, err := a.query(ctx, rt, all)
 	return deliver(res, err, len(iccids), riders)
+}
+
+// tokenWait is a query that holds a slot while it waits for its tokens (see tokenWaits).
+type tokenWait struct {
+	cancel    context.CancelFunc
+	preempted bool // under Account.mu: its slot went to a prioritized query
+}
+
+// tokensWithSlot reserves the call tokens of a query of n cards that holds a slot. While
+// it waits its unused batch room is open to riders (formingRoom), and an unprioritized
+// query waiting on the TokenSource may lose its slot to a prioritized one: preempted
+// reports that (the slot is no longer this query's to release).
+func (a *Account) tokensWithSlot(ctx context.Context, n int) (rt *reservedTokens, preempted bool, err error) {
+	room := 0
+	if b := a.client.BatchSize(); b > 1 {
+		room = max(0, b-n)
+	}
+	var tw *tokenWait
+	a.mu.Lock()
+	a.formingRoom += room
+	if a.tokens.Load() != nil && !prioritized(ctx) {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		tw = &tokenWait{cancel: cancel}
+		a.tokenWaits = append(a.tokenWaits, tw)
+	}
+	a.mu.Unlock()
+	rt, err = a.reserve(ctx, a.callsFor(n))
+	a.mu.Lock()
+	a.formingRoom -= room
+	if room > 0 {
+		a.broadcastLocked()
+	}
+	if tw != nil {
+		preempted = tw.preempted
+		if !preempted {
+			for i, o := range a.tokenWaits {
+				if o == tw {
+					a.tokenWaits = append(a.tokenWaits[:i], a.tokenWaits[i+1:]...)
+					break
+				}
+			}
+		}
+	}
+	a.mu.Unlock()
+	if preempted {
+		// Tokens that came at the same moment are not used: this query has no slot.
+		return nil, true, nil
+	}
+	return rt, false, err
 }
 
 // callsFor is how many rate-limited HTTP calls a query of n cards costs.
@@ -655,6 +725,7 @@ func (a *Account) Stats() AccountStats {
 	s.LimiterWaits = a.limiterWaits.Load()
 	s.LimiterWaitTime = time.Duration(a.limiterWaitNanos.Load())
 	s.SlotWaits = a.slotWaits.Load()
+	s.Preempted = a.preemptions.Load()
 	s.Coalesced = a.riders.Load()
 	s.CircuitRejects = a.circuitRejects.Load()
 	s.Breaker = strings.ToLower(a.breaker.State().String())

@@ -3,6 +3,7 @@ package carrier_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ type waitErr struct{ after time.Duration }
 func (w waitErr) Error() string                     { return "busy" }
 func (w waitErr) RetryAfterDuration() time.Duration { return w.after }
 
-func (f *fakeTokens) Tokens(_ context.Context, account string, n int) ([]time.Duration, error) {
+func (f *fakeTokens) Tokens(_ context.Context, account string, n int, _ bool) ([]time.Duration, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.asked = append(f.asked, n)
@@ -85,8 +86,8 @@ type gatedTokens struct {
 	release chan struct{}
 }
 
-func (g *gatedTokens) Tokens(ctx context.Context, account string, n int) ([]time.Duration, error) {
-	offs, err := g.fakeTokens.Tokens(ctx, account, n)
+func (g *gatedTokens) Tokens(ctx context.Context, account string, n int, prio bool) ([]time.Duration, error) {
+	offs, err := g.fakeTokens.Tokens(ctx, account, n, prio)
 	select {
 	case <-g.release:
 	case <-ctx.Done():
@@ -132,5 +133,78 @@ func TestPartialQueryRidesWithATokenWait(t *testing.T) {
 	}
 	if st := acct.Stats(); len(ts.asked) != 1 || st.Coalesced != 1 || st.Calls != 1 {
 		t.Fatalf("asked tokens %v times, %d queries coalesced, %d calls: want 1, 1, 1", ts.asked, st.Coalesced, st.Calls)
+	}
+}
+
+// prioTokens is a TokenSource that holds unprioritized requests until release is closed
+// and answers prioritized ones at once, recording both.
+type prioTokens struct {
+	mu      sync.Mutex
+	asked   []bool // priority of each request
+	release chan struct{}
+}
+
+func (p *prioTokens) Tokens(ctx context.Context, _ string, n int, prio bool) ([]time.Duration, error) {
+	p.mu.Lock()
+	p.asked = append(p.asked, prio)
+	p.mu.Unlock()
+	if !prio {
+		select {
+		case <-p.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return make([]time.Duration, n), nil
+}
+
+func (p *prioTokens) requests() []bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.asked)
+}
+
+// TestPrioritizedQueryTakesATokenWaitersSlot: with every slot held by a query waiting for
+// its tokens, a prioritized query takes that slot at once and asks for its tokens as
+// prioritized; the query it displaced withdraws its request, waits for a slot again and
+// is answered too.
+func TestPrioritizedQueryTakesATokenWaitersSlot(t *testing.T) {
+	spec := testSpecs[0]
+	s := startSim(t, []sim.AccountSpec{spec})
+	acct, err := carrier.NewAccount(accountCfg(s, spec.ID), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acct.SetShare(100, 10, 1)
+	ts := &prioTokens{release: make(chan struct{})}
+	acct.SetTokenSource(ts)
+	good, _ := goodCards(t, s, spec.ID, 200)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	type out struct {
+		name string
+		n    int
+		err  error
+	}
+	results := make(chan out, 2)
+	query := func(ctx context.Context, name string, cards []string) {
+		res, err := acct.Query(ctx, cards)
+		results <- out{name, len(res), err}
+	}
+	go query(ctx, "waiting", good[:100])
+	testcluster.WaitFor(t, 10*time.Second, "the first query waiting for tokens", func() bool { return len(ts.requests()) == 1 })
+	go query(carrier.WithPriority(ctx), "prioritized", good[100:])
+	if o := <-results; o.name != "prioritized" || o.err != nil || o.n != 100 {
+		t.Fatalf("first answer: %+v, want the prioritized query's 100 results", o)
+	}
+	close(ts.release)
+	if o := <-results; o.name != "waiting" || o.err != nil || o.n != 100 {
+		t.Fatalf("displaced query: %+v", o)
+	}
+	if got := ts.requests(); !slices.Equal(got, []bool{false, true, false}) {
+		t.Fatalf("token requests (prioritized?) %v: want the displaced query to ask again after the prioritized one", got)
+	}
+	if st := acct.Stats(); st.Preempted != 1 || st.Calls != 2 || st.InFlight != 0 {
+		t.Fatalf("preempted %d, calls %d, in flight %d: want 1, 2, 0", st.Preempted, st.Calls, st.InFlight)
 	}
 }

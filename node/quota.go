@@ -71,17 +71,18 @@ func (n *Node) quotaLeadership(ctx context.Context) {
 func (n *Node) QuotaStats() quota.Stats { return n.quota.Stats() }
 
 // Tokens asks the leader for count call tokens of account; it returns when the first is
-// due, with each token's offset from then. Without a leader, during a new leader's
+// due, with each token's offset from then. A prioritized request goes ahead of the
+// others queued for the account (quota.Request.Priority). Without a leader, during a new leader's
 // hold-off or when the leader cannot be reached, it asks again until ctx ends. A request
 // whose tokens would come after ctx's deadline fails with quota.ErrTooLate (see
 // quota.RetryAfter).
-func (n *Node) Tokens(ctx context.Context, account string, count int) ([]time.Duration, error) {
+func (n *Node) Tokens(ctx context.Context, account string, count int, priority bool) ([]time.Duration, error) {
 	// A node that stops (or is killed) stops asking at once: its carrier calls are over.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(n.ctx, cancel)()
 	for {
-		offs, err := n.tokensOnce(ctx, account, count)
+		offs, err := n.tokensOnce(ctx, quota.Request{Node: n.name, Account: account, Count: count, Priority: priority})
 		if err == nil {
 			return offs, nil
 		}
@@ -108,10 +109,11 @@ func (n *Node) Tokens(ctx context.Context, account string, count int) ([]time.Du
 var errStaleGrant = errors.New("quota: grant arrived too late to use")
 
 type quotaRequest struct {
-	Node    string `json:"node"`
-	Account string `json:"account"`
-	Count   int    `json:"count"`
-	WaitMS  int64  `json:"wait_ms"`
+	Node     string `json:"node"`
+	Account  string `json:"account"`
+	Count    int    `json:"count"`
+	WaitMS   int64  `json:"wait_ms"`
+	Priority bool   `json:"priority,omitempty"`
 }
 
 type quotaReply struct {
@@ -123,9 +125,10 @@ type quotaReply struct {
 	RetryMS   int64  `json:"retry_after_ms,omitempty"`
 }
 
-func (n *Node) tokensOnce(ctx context.Context, account string, count int) ([]time.Duration, error) {
+func (n *Node) tokensOnce(ctx context.Context, qr quota.Request) ([]time.Duration, error) {
 	if n.raft.State() == raft.Leader {
-		return n.quota.Grant(ctx, n.name, account, count)
+		offs, _, err := n.quota.GrantPlanned(ctx, qr)
+		return offs, err
 	}
 	addr, err := n.leaderHTTPAddr()
 	if err != nil {
@@ -134,7 +137,7 @@ func (n *Node) tokensOnce(ctx context.Context, account string, count int) ([]tim
 	if addr == n.HTTPAddr() {
 		return nil, quota.ErrNotLeader
 	}
-	req := quotaRequest{Node: n.name, Account: account, Count: count, WaitMS: 30_000}
+	req := quotaRequest{Node: qr.Node, Account: qr.Account, Count: qr.Count, WaitMS: 30_000, Priority: qr.Priority}
 	if dl, ok := ctx.Deadline(); ok {
 		req.WaitMS = time.Until(dl).Milliseconds()
 	}
@@ -160,10 +163,10 @@ func (n *Node) tokensOnce(ctx context.Context, account string, count int) ([]tim
 	if late := time.Since(sent) - time.Duration(rep.PlannedNS); late > quotaStale {
 		return nil, fmt.Errorf("%w: %v after the leader's answer", errStaleGrant, late.Round(time.Millisecond))
 	}
-	if len(rep.Offsets) != count {
-		return nil, fmt.Errorf("quota reply: %d offsets for %d tokens", len(rep.Offsets), count)
+	if len(rep.Offsets) != qr.Count {
+		return nil, fmt.Errorf("quota reply: %d offsets for %d tokens", len(rep.Offsets), qr.Count)
 	}
-	offs := make([]time.Duration, count)
+	offs := make([]time.Duration, qr.Count)
 	for i, o := range rep.Offsets {
 		offs[i] = time.Duration(o)
 	}
@@ -212,7 +215,7 @@ func (n *Node) handleQuota(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(req.WaitMS)*time.Millisecond)
 		defer cancel()
 	}
-	offs, planned, err := n.quota.GrantPlanned(ctx, req.Node, req.Account, req.Count)
+	offs, planned, err := n.quota.GrantPlanned(ctx, quota.Request{Node: req.Node, Account: req.Account, Count: req.Count, Priority: req.Priority})
 	if err != nil {
 		rep := quotaReply{Error: err.Error(), RetryMS: quota.RetryAfter(err).Milliseconds()}
 		code := http.StatusServiceUnavailable

@@ -29,19 +29,19 @@ func TestClusterQuotaTokens(t *testing.T) {
 		t.Fatalf("account: %v", err)
 	}
 	f := c.Follower()
-	offs, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 2)
+	offs, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 2, false)
 	if err != nil {
 		t.Fatalf("tokens from a follower: %v", err)
 	}
 	if len(offs) != 2 || offs[0] != 0 || offs[1] <= 0 || offs[1] > time.Second {
 		t.Fatalf("offsets %v: want 0 and about 1/19.6 s", offs)
 	}
-	if _, err := f.Node().Tokens(testcluster.Ctx(t, 10*time.Second), "nope", 1); !errors.Is(err, quota.ErrUnknownAccount) {
+	if _, err := f.Node().Tokens(testcluster.Ctx(t, 10*time.Second), "nope", 1, false); !errors.Is(err, quota.ErrUnknownAccount) {
 		t.Fatalf("unknown account: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	if _, err := f.Node().Tokens(ctx, "acct", 200); !errors.Is(err, quota.ErrTooLate) || quota.RetryAfter(err) <= 0 {
+	if _, err := f.Node().Tokens(ctx, "acct", 200, false); !errors.Is(err, quota.ErrTooLate) || quota.RetryAfter(err) <= 0 {
 		t.Fatalf("200 tokens within 300 ms: %v", err)
 	}
 	resp, err := http.Post("http://"+l.Node().HTTPAddr()+"/internal/v1/quota", "application/json", bytes.NewReader([]byte(`{"node":"x","count":0}`)))
@@ -58,11 +58,11 @@ func TestClusterQuotaTokens(t *testing.T) {
 	c.Kill(l)
 	// A killed node stops asking at once (its syncer's workers wait on it as they stop).
 	start := time.Now()
-	if _, err := ln.Tokens(testcluster.Ctx(t, 10*time.Second), "acct", 1); err == nil || time.Since(start) > 2*time.Second {
+	if _, err := ln.Tokens(testcluster.Ctx(t, 10*time.Second), "acct", 1, false); err == nil || time.Since(start) > 2*time.Second {
 		t.Fatalf("tokens on a killed node: %v after %v", err, time.Since(start))
 	}
 	nl := c.WaitLeader(30 * time.Second)
-	if _, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 1); err != nil {
+	if _, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 1, false); err != nil {
 		t.Fatalf("tokens after the failover: %v", err)
 	}
 	st := nl.Node().QuotaStats()

@@ -112,9 +112,36 @@ type Server struct {
 	granted map[string]uint64 // tokens granted per account, for Stats
 }
 
+// A bucket hands its tokens out in order to the requests queued on it: prioritized
+// requests first (see Request.Priority), each lane first come first served. A request
+// takes its tokens from the limiter only when it is its turn and the first is due, so
+// a request that is given up while it waits (its node died or stopped, its query was
+// abandoned) costs nothing and moves everyone behind it forward.
 type bucket struct {
 	lim    *rate.Limiter
 	limits Limits
+	lanes  [2][]*waiter // 0: prioritized, 1: the rest
+	timer  *time.Timer  // wakes the dispatcher when the next token is due
+}
+
+type waiter struct {
+	n       int
+	arrived time.Time
+	ready   chan struct{} // closed when the tokens are given
+	due     []time.Time   // when each token is due, set before ready closes
+}
+
+// Request asks for Count tokens of Account's bucket for Node.
+type Request struct {
+	Node    string
+	Account string
+	Count   int
+	// Priority puts the request ahead of unprioritized ones (the first query of a shard's
+	// round: a shard just taken over or started gets its first answer after the calls
+	// already granted, not after every query queued in the cluster). A request without
+	// it that has waited longer than MaxWait/2 goes first all the same, so prioritized
+	// requests cannot starve the others.
+	Priority bool
 }
 
 // NewServer returns a server that is not leading. limits reads an account's quota from
@@ -139,7 +166,7 @@ func (s *Server) Lead(now time.Time) {
 	}
 	s.leading = true
 	s.from = now.Add(s.cfg.HoldOff)
-	s.buckets = map[string]*bucket{}
+	s.dropBucketsLocked()
 	s.log.Info("granting carrier call tokens", "from", s.from.Format(time.RFC3339Nano))
 }
 
@@ -153,51 +180,49 @@ func (s *Server) Follow() {
 	s.leading = false
 	close(s.lost)
 	s.lost = make(chan struct{})
+	s.dropBucketsLocked()
+}
+
+func (s *Server) dropBucketsLocked() {
+	for _, b := range s.buckets {
+		if b.timer != nil {
+			b.timer.Stop()
+		}
+	}
 	s.buckets = map[string]*bucket{}
 }
 
-// Grant takes n tokens of account's bucket for node. It returns when the first token is
-// due, with each token's offset from that moment (the first is 0). It fails at once with
-// a *WaitError during the hold-off or when the last token would come after ctx's deadline
-// or MaxWait, and with ErrNotLeader if leadership is lost while it waits.
+// Grant takes n tokens of account's bucket for node, unprioritized (see GrantPlanned).
 func (s *Server) Grant(ctx context.Context, node, account string, n int) ([]time.Duration, error) {
-	offs, _, err := s.GrantPlanned(ctx, node, account, n)
+	offs, _, err := s.GrantPlanned(ctx, Request{Node: node, Account: account, Count: n})
 	return offs, err
 }
 
-// GrantPlanned is Grant that also returns how long the server planned to wait before
-// answering (the first token's delay). A remote requester compares it with the time it
-// actually waited and throws away an answer that came late (node.Tokens).
-func (s *Server) GrantPlanned(ctx context.Context, node, account string, n int) ([]time.Duration, time.Duration, error) {
+// GrantPlanned takes req.Count tokens of the account's bucket. It returns when the first
+// token is due, with each token's offset from that moment (the first is 0), and how long
+// the request waited here: a remote requester compares that with the time it actually
+// waited and throws away an answer that came late (node.Tokens). It fails at once with a
+// *WaitError during the hold-off or when the last token would come after ctx's deadline
+// or MaxWait, and with ErrNotLeader if leadership is lost while it waits.
+func (s *Server) GrantPlanned(ctx context.Context, req Request) ([]time.Duration, time.Duration, error) {
 	now := time.Now()
-	g, err := s.reserve(ctx, node, account, n, now)
+	w, b, lost, err := s.enqueue(ctx, req, now)
 	if err != nil {
 		return nil, 0, err
 	}
-	offsets := make([]time.Duration, n)
-	for i, at := range g.due {
-		offsets[i] = at.Sub(g.due[0])
-	}
-	planned := max(0, g.due[0].Sub(now))
-	if wait := time.Until(g.due[0]); wait > 0 {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-g.lost:
-			return nil, 0, ErrNotLeader
-		case <-ctx.Done():
-			s.mu.Lock()
-			if s.buckets[account] == g.b {
-				g.cancel()
-				s.granted[account] -= uint64(n)
-			}
-			s.mu.Unlock()
-			return nil, 0, ctx.Err()
-		}
+	select {
+	case <-w.ready:
+	case <-lost:
+		return nil, 0, ErrNotLeader
+	case <-ctx.Done():
+		// Tokens given at this very moment are spent all the same.
+		s.mu.Lock()
+		s.withdrawLocked(b, w)
+		s.mu.Unlock()
+		return nil, 0, ctx.Err()
 	}
 	select {
-	case <-g.lost:
+	case <-lost:
 		return nil, 0, ErrNotLeader
 	default:
 	}
@@ -206,67 +231,128 @@ func (s *Server) GrantPlanned(ctx context.Context, node, account string, n int) 
 			return nil, 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
 		}
 	}
-	return offsets, planned, nil
+	offsets := make([]time.Duration, len(w.due))
+	for i, at := range w.due {
+		offsets[i] = at.Sub(w.due[0])
+	}
+	return offsets, max(0, w.due[0].Sub(now)), nil
 }
 
-// grant is a reservation of tokens: when each is due.
-type grant struct {
-	due    []time.Time
-	b      *bucket
-	lost   chan struct{}
-	cancel func() // gives the tokens back (under s.mu)
-}
-
-// reserve takes n tokens from account's bucket at now.
-func (s *Server) reserve(ctx context.Context, node, account string, n int, now time.Time) (*grant, error) {
-	if n < 1 {
-		return nil, fmt.Errorf("quota: %d tokens requested", n)
+// enqueue queues req on its account's bucket (and hands out what is due).
+func (s *Server) enqueue(ctx context.Context, req Request, now time.Time) (*waiter, *bucket, chan struct{}, error) {
+	if req.Count < 1 {
+		return nil, nil, nil, fmt.Errorf("quota: %d tokens requested", req.Count)
 	}
 	if s.allow != nil {
-		if err := s.allow(node); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrRefused, err)
+		if err := s.allow(req.Node); err != nil {
+			return nil, nil, nil, fmt.Errorf("%w: %v", ErrRefused, err)
 		}
 	}
 	// The account's quota is read from the replicated state before taking the lock.
-	lim, ok := s.limits(account)
+	lim, ok := s.limits(req.Account)
 	if !ok || lim.RatePerSec <= 0 {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownAccount, account)
+		return nil, nil, nil, fmt.Errorf("%w: %s", ErrUnknownAccount, req.Account)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.leading {
-		return nil, ErrNotLeader
+		return nil, nil, nil, ErrNotLeader
 	}
 	if now.Before(s.from) {
-		return nil, &WaitError{Err: ErrHoldOff, RetryAfter: s.from.Sub(now)}
+		return nil, nil, nil, &WaitError{Err: ErrHoldOff, RetryAfter: s.from.Sub(now)}
 	}
-	b := s.bucketLocked(account, lim, now)
-	// Refuse before reserving: a cancelled reservation does not always give its tokens
-	// back (x/time/rate restores only what no later reservation has counted on).
-	last := needFor(b.lim, now, n)
+	b := s.bucketLocked(req.Account, lim, now)
+	// The last token's wait if nothing else arrives: the tokens queued ahead in the
+	// lanes served before this one, then this request's.
+	ahead := req.Count
+	for lane := range b.lanes {
+		if lane == 1 && req.Priority {
+			break
+		}
+		for _, o := range b.lanes[lane] {
+			ahead += o.n
+		}
+	}
+	last := needFor(b.lim, now, ahead)
 	limit := s.cfg.MaxWait
 	if dl, ok := ctx.Deadline(); ok {
 		limit = min(limit, dl.Sub(now))
 	}
 	if last > limit {
-		return nil, &WaitError{Err: ErrTooLate, RetryAfter: last - limit}
+		return nil, nil, nil, &WaitError{Err: ErrTooLate, RetryAfter: last - limit}
 	}
-	rs := make([]*rate.Reservation, 0, n)
-	cancel := func() {
-		// Latest first: a reservation gives its tokens back only if none was made after it.
-		for i := len(rs) - 1; i >= 0; i-- {
-			rs[i].CancelAt(now)
+	w := &waiter{n: req.Count, arrived: now, ready: make(chan struct{})}
+	lane := 1
+	if req.Priority {
+		lane = 0
+	}
+	b.lanes[lane] = append(b.lanes[lane], w)
+	s.dispatchLocked(req.Account, b, now)
+	return w, b, s.lost, nil
+}
+
+// withdrawLocked takes a waiting request off its bucket (if its tokens were not given
+// yet).
+func (s *Server) withdrawLocked(b *bucket, w *waiter) {
+	for lane := range b.lanes {
+		for i, o := range b.lanes[lane] {
+			if o == w {
+				b.lanes[lane] = append(b.lanes[lane][:i:i], b.lanes[lane][i+1:]...)
+				return
+			}
 		}
 	}
-	for i := 0; i < n; i++ {
-		rs = append(rs, b.lim.ReserveN(now, 1))
+}
+
+// next is the request whose turn it is: the prioritized lane's head, unless the other
+// lane's head has waited longer than half of MaxWait.
+func (s *Server) next(b *bucket, now time.Time) (lane int, ok bool) {
+	switch {
+	case len(b.lanes[0]) == 0 && len(b.lanes[1]) == 0:
+		return 0, false
+	case len(b.lanes[0]) == 0:
+		return 1, true
+	case len(b.lanes[1]) > 0 && now.Sub(b.lanes[1][0].arrived) > s.cfg.MaxWait/2:
+		return 1, true
+	default:
+		return 0, true
 	}
-	s.granted[account] += uint64(n)
-	g := &grant{b: b, lost: s.lost, cancel: cancel, due: make([]time.Time, n)}
-	for i, r := range rs {
-		g.due[i] = now.Add(r.DelayFrom(now))
+}
+
+// dispatchLocked gives tokens to the requests whose turn it is while a token is due,
+// and sets the bucket's timer for the next one.
+func (s *Server) dispatchLocked(account string, b *bucket, now time.Time) {
+	for {
+		lane, ok := s.next(b, now)
+		if !ok {
+			return
+		}
+		if wait := needFor(b.lim, now, 1); wait > 0 {
+			s.armLocked(account, b, max(wait, time.Millisecond))
+			return
+		}
+		w := b.lanes[lane][0]
+		b.lanes[lane] = b.lanes[lane][1:]
+		w.due = make([]time.Time, w.n)
+		for i := range w.n {
+			w.due[i] = now.Add(b.lim.ReserveN(now, 1).DelayFrom(now))
+		}
+		s.granted[account] += uint64(w.n)
+		close(w.ready)
 	}
-	return g, nil
+}
+
+func (s *Server) armLocked(account string, b *bucket, wait time.Duration) {
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	b.timer = time.AfterFunc(wait, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.leading && s.buckets[account] == b {
+			s.dispatchLocked(account, b, time.Now())
+		}
+	})
 }
 
 // needFor is how long from now until n more tokens of lim are available.
@@ -305,13 +391,24 @@ type Stats struct {
 	From    time.Time         `json:"granting_from,omitzero"`
 	HoldOff time.Duration     `json:"hold_off_ns"`
 	Granted map[string]uint64 `json:"tokens_granted"`
+	// Waiting is the requests queued per account (prioritized ones included).
+	Waiting map[string]int `json:"requests_waiting"`
+	// WaitingPriority is the prioritized requests among them.
+	WaitingPriority map[string]int `json:"priority_requests_waiting"`
 }
 
 // Stats returns the server's state.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := Stats{Leading: s.leading, HoldOff: s.cfg.HoldOff, Granted: map[string]uint64{}}
+	st := Stats{Leading: s.leading, HoldOff: s.cfg.HoldOff, Granted: map[string]uint64{},
+		Waiting: map[string]int{}, WaitingPriority: map[string]int{}}
+	for a, b := range s.buckets {
+		if w := len(b.lanes[0]) + len(b.lanes[1]); w > 0 {
+			st.Waiting[a] = w
+			st.WaitingPriority[a] = len(b.lanes[0])
+		}
+	}
 	if s.leading {
 		st.From = s.from
 	}

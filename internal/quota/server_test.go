@@ -3,6 +3,8 @@ package quota
 import (
 	"context"
 	"errors"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 )
@@ -80,11 +82,8 @@ func TestGrantRefusals(t *testing.T) {
 	// The refused request took no tokens: a single token is due within one token's
 	// time (1/9.8 s), as the bucket schedules it.
 	now := time.Now()
-	g, err := s.reserve(dctx, "n1", "acct", 1, now)
-	if err != nil {
-		t.Fatalf("single token after a refusal: %v", err)
-	}
-	if d := g.due[0].Sub(now); d > 110*time.Millisecond {
+	w := enqueueAndWait(t, s, Request{Node: "n1", Account: "acct", Count: 1}, now)
+	if d := w.due[0].Sub(now); d > 110*time.Millisecond {
 		t.Fatalf("single token due after %v: the refused request kept tokens", d)
 	}
 }
@@ -100,7 +99,7 @@ func TestStepDownEndsWaits(t *testing.T) {
 		done <- err
 	}()
 	deadline := time.After(10 * time.Second)
-	for s.Stats().Granted["acct"] == 0 {
+	for s.Stats().Waiting["acct"] == 0 {
 		select {
 		case <-deadline:
 			t.Fatal("grant never reserved")
@@ -123,6 +122,21 @@ func TestStepDownEndsWaits(t *testing.T) {
 	}
 }
 
+// enqueueAndWait queues req at now and waits until its tokens are given.
+func enqueueAndWait(t *testing.T, s *Server, req Request, now time.Time) *waiter {
+	t.Helper()
+	w, _, _, err := s.enqueue(context.Background(), req, now)
+	if err != nil {
+		t.Fatalf("enqueue %+v: %v", req, err)
+	}
+	select {
+	case <-w.ready:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("request %+v never served", req)
+	}
+	return w
+}
+
 // TestGrantsNeverExceedTheBucket: requests from many nodes together are never given more
 // tokens in a window than the bucket allows (rate x safety x window + burst - 1): checked
 // on the moments the tokens are due, as the leader schedules them.
@@ -131,29 +145,45 @@ func TestGrantsNeverExceedTheBucket(t *testing.T) {
 	s := newTestServer(t, 0, lim)
 	start := time.Now()
 	s.Lead(start)
-	var due []time.Time
-	nodes := []string{"n1", "n2", "n3"}
-	// Requests arrive every 7 ms for 3 s of simulated time: more than the bucket allows.
-	for i := 0; i < 430; i++ {
-		now := start.Add(time.Duration(i) * 7 * time.Millisecond)
-		g, err := s.reserve(context.Background(), nodes[i%3], "acct", 1+i%2, now)
-		if errors.Is(err, ErrTooLate) {
-			continue
-		}
-		if err != nil {
-			t.Fatalf("request %d: %v", i, err)
-		}
-		due = append(due, g.due...)
+	var (
+		mu  sync.Mutex
+		due []time.Time
+		wg  sync.WaitGroup
+	)
+	// Nine requesters (three per node) ask back to back for 1.5 s: more than the bucket
+	// allows, some of them prioritized.
+	for i := range 9 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Since(start) < 1500*time.Millisecond {
+				req := Request{Node: []string{"n1", "n2", "n3"}[i%3], Account: "acct", Count: 1 + i%2, Priority: i%4 == 0}
+				w, _, _, err := s.enqueue(context.Background(), req, time.Now())
+				if errors.Is(err, ErrTooLate) {
+					continue
+				}
+				if err != nil {
+					t.Errorf("request: %v", err)
+					return
+				}
+				<-w.ready
+				mu.Lock()
+				due = append(due, w.due...)
+				mu.Unlock()
+			}
+		}()
 	}
+	wg.Wait()
+	slices.SortFunc(due, func(a, b time.Time) int { return a.Compare(b) })
 	rate := lim.RatePerSec * DefaultConfig().Safety
 	if span := due[len(due)-1].Sub(due[0]).Seconds(); float64(len(due)) < 0.9*rate*span {
 		t.Fatalf("%d tokens over %.1f s: the bucket left its rate unused", len(due), span)
 	}
-	for _, w := range []time.Duration{50 * time.Millisecond, 500 * time.Millisecond, 2 * time.Second} {
+	for _, w := range []time.Duration{50 * time.Millisecond, 500 * time.Millisecond, time.Second} {
 		for i := range due {
 			n := 0
-			for _, u := range due {
-				if !u.Before(due[i]) && u.Before(due[i].Add(w)) {
+			for _, u := range due[i:] {
+				if u.Before(due[i].Add(w)) {
 					n++
 				}
 			}
@@ -161,6 +191,91 @@ func TestGrantsNeverExceedTheBucket(t *testing.T) {
 				t.Fatalf("%d tokens due within %v of %v: bucket allows %.2f", n, w, due[i].Sub(start), max)
 			}
 		}
+	}
+}
+
+// TestPriorityAndAging: prioritized requests are served before the others queued ahead of
+// them, except that an unprioritized request waiting longer than MaxWait/2 goes first.
+func TestPriorityAndAging(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.HoldOff = 0
+	cfg.Safety = 1
+	cfg.MaxWait = 1200 * time.Millisecond
+	s, err := NewServer(cfg, func(string) (Limits, bool) { return Limits{RatePerSec: 4, Burst: 1}, true }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Lead(time.Now())
+	now := time.Now()
+	var (
+		mu    sync.Mutex
+		order []string
+		wg    sync.WaitGroup
+	)
+	serve := func(name string, prio bool) {
+		w, _, _, err := s.enqueue(context.Background(), Request{Node: "n1", Account: "acct", Count: 1, Priority: prio}, now)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-w.ready
+			mu.Lock()
+			order = append(order, name)
+			mu.Unlock()
+		}()
+	}
+	// 4 tokens/s from an empty bucket: one token every 250 ms.
+	serve("normal", false)
+	for _, p := range []string{"p1", "p2", "p3", "p4"} {
+		serve(p, true)
+	}
+	wg.Wait()
+	pos := slices.Index(order, "normal")
+	if order[0] != "p1" || pos < 1 || pos == len(order)-1 {
+		t.Fatalf("served %v: want p1 first and the aged unprioritized request before the last prioritized one", order)
+	}
+}
+
+// TestWithdrawnRequestCostsNothing: a request given up while it waits (its node died)
+// takes no tokens; the one behind it gets its turn.
+func TestWithdrawnRequestCostsNothing(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.HoldOff = 0
+	cfg.Safety = 1
+	s, err := NewServer(cfg, func(string) (Limits, bool) { return Limits{RatePerSec: 2, Burst: 1}, true }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Lead(time.Now())
+	ctx, cancel := context.WithCancel(context.Background())
+	gone := make(chan error, 1)
+	go func() {
+		_, err := s.Grant(ctx, "dead", "acct", 2)
+		gone <- err
+	}()
+	deadline := time.After(10 * time.Second)
+	for s.Stats().Waiting["acct"] == 0 {
+		select {
+		case <-deadline:
+			t.Fatal("first request never queued")
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	now := time.Now()
+	cancel()
+	if err := <-gone; !errors.Is(err, context.Canceled) {
+		t.Fatalf("withdrawn request: %v", err)
+	}
+	// Had the withdrawn request kept its place, this token would be due after its two
+	// (at 2/s: a second or more).
+	w := enqueueAndWait(t, s, Request{Node: "alive", Account: "acct", Count: 1}, now)
+	if d := w.due[0].Sub(now); d > 600*time.Millisecond {
+		t.Fatalf("token due after %v: the withdrawn request kept its tokens", d)
+	}
+	if g := s.Stats().Granted["acct"]; g != 1 {
+		t.Fatalf("%d tokens granted, want 1", g)
 	}
 }
 
@@ -177,7 +292,7 @@ func TestGrantVerifiesLeadership(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Lead(time.Now())
-	if _, planned, err := s.GrantPlanned(context.Background(), "n1", "acct", 1); err != nil || planned < 0 {
+	if _, planned, err := s.GrantPlanned(context.Background(), Request{Node: "n1", Account: "acct", Count: 1}); err != nil || planned < 0 {
 		t.Fatalf("grant: %v (planned %v)", err, planned)
 	}
 	verifyErr = deposed
