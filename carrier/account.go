@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,6 +45,9 @@ type Account struct {
 	// their call tokens: a partial query that fits waits to ride with one of them rather
 	// than take a slot and a call of its own.
 	formingRoom int
+	// openRooms are the spare rooms of those queries not yet promised to a caller of
+	// TakeRoom.
+	openRooms []*openRoom
 	// tokenWaits are the unprioritized queries that hold a slot while they wait for their
 	// tokens from the TokenSource, oldest first: a prioritized query that finds no slot
 	// free takes the slot of the latest of them (acquire).
@@ -570,6 +574,34 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 	return deliver(res, err, len(iccids), riders)
 }
 
+// openRoom is a query's spare batch room while it waits for its tokens.
+type openRoom struct{ room int }
+
+// TakeRoom promises up to n cards of the largest spare room of a partial query that
+// holds a slot and waits for its tokens, and returns how many (0: none open). A query
+// of exactly that many cards made now rides in that query's call (coalesce.go): a
+// caller holding a full batch while its account's query is out carves the promised
+// cards off it, and the partial query (another shard's last cards) goes out full.
+func (a *Account) TakeRoom(n int) int {
+	if n <= 0 {
+		return 0
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var best *openRoom
+	for _, o := range a.openRooms {
+		if o.room > 0 && (best == nil || o.room > best.room) {
+			best = o
+		}
+	}
+	if best == nil {
+		return 0
+	}
+	take := min(n, best.room)
+	best.room -= take
+	return take
+}
+
 // tokenWait is a query that holds a slot while it waits for its tokens (see tokenWaits).
 type tokenWait struct {
 	cancel    context.CancelFunc
@@ -586,8 +618,13 @@ func (a *Account) tokensWithSlot(ctx context.Context, n int) (rt *reservedTokens
 		room = max(0, b-n)
 	}
 	var tw *tokenWait
+	var spot *openRoom
 	a.mu.Lock()
 	a.formingRoom += room
+	if room > 0 {
+		spot = &openRoom{room: room}
+		a.openRooms = append(a.openRooms, spot)
+	}
 	if a.tokens.Load() != nil && !prioritized(ctx) {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
@@ -601,6 +638,7 @@ func (a *Account) tokensWithSlot(ctx context.Context, n int) (rt *reservedTokens
 	a.formingRoom -= room
 	if room > 0 {
 		a.broadcastLocked()
+		a.openRooms = slices.DeleteFunc(a.openRooms, func(o *openRoom) bool { return o == spot })
 	}
 	if tw != nil {
 		preempted = tw.preempted

@@ -208,3 +208,52 @@ func TestPrioritizedQueryTakesATokenWaitersSlot(t *testing.T) {
 		t.Fatalf("preempted %d, calls %d, in flight %d: want 1, 2, 0", st.Preempted, st.Calls, st.InFlight)
 	}
 }
+
+// TestTakeRoomFillsAWaitingPartialQuery: the spare room of a partial query waiting for
+// its tokens is promised once; a query of the promised size rides in that call, which
+// goes out full.
+func TestTakeRoomFillsAWaitingPartialQuery(t *testing.T) {
+	spec := testSpecs[0] // OneLink: 100 cards per call
+	s := startSim(t, []sim.AccountSpec{spec})
+	acct, err := carrier.NewAccount(accountCfg(s, spec.ID), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acct.SetShare(100, 10, 3)
+	ts := &gatedTokens{release: make(chan struct{})}
+	acct.SetTokenSource(ts)
+	good, _ := goodCards(t, s, spec.ID, 100)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if n := acct.TakeRoom(100); n != 0 {
+		t.Fatalf("room %d promised with no query waiting", n)
+	}
+	type out struct {
+		n   int
+		err error
+	}
+	results := make(chan out, 2)
+	query := func(cards []string) {
+		res, err := acct.Query(ctx, cards)
+		results <- out{len(res), err}
+	}
+	go query(good[:30])
+	testcluster.WaitFor(t, 10*time.Second, "the partial query asking for tokens", func() bool { ts.mu.Lock(); defer ts.mu.Unlock(); return len(ts.asked) == 1 })
+	if n := acct.TakeRoom(99); n != 70 {
+		t.Fatalf("promised %d cards of room, want 70", n)
+	}
+	if n := acct.TakeRoom(99); n != 0 {
+		t.Fatalf("the same room promised twice (%d more)", n)
+	}
+	go query(good[30:])
+	testcluster.WaitFor(t, 10*time.Second, "two queries pending", func() bool { return acct.Stats().Pending == 2 })
+	close(ts.release)
+	for range 2 {
+		if o := <-results; o.err != nil || (o.n != 30 && o.n != 70) {
+			t.Fatalf("query: %d results, %v", o.n, o.err)
+		}
+	}
+	if st := acct.Stats(); st.Calls != 1 || st.Coalesced != 1 || st.Cards != 100 {
+		t.Fatalf("%d calls, %d coalesced, %d cards: want one full call", st.Calls, st.Coalesced, st.Cards)
+	}
+}

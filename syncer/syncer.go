@@ -54,6 +54,9 @@ type Account interface {
 	BatchSize() int
 	SetShare(ratePerSec float64, burst, concurrency int)
 	Backoff(err error) time.Duration
+	// TakeRoom promises up to n cards of spare room in a partial query of the account
+	// that waits for its tokens; a query of that many cards made now rides in its call.
+	TakeRoom(n int) int
 }
 
 // Syncer runs the sync method on one node.

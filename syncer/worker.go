@@ -158,7 +158,16 @@ func (s *Syncer) dependencies(st fsm.ShardState, ents map[string]fsm.Enterprise,
 type batch struct {
 	account string
 	cards   []fsm.Card
-	first   int // walk position of its first card
+	at      []int // walk position of each card
+	first   int   // walk position of its first card
+}
+
+// carve takes the first n cards off b into a batch of their own.
+func (b *batch) carve(n int) *batch {
+	front := &batch{account: b.account, cards: b.cards[:n:n], at: b.at[:n:n], first: b.first}
+	b.cards, b.at = b.cards[n:], b.at[n:]
+	b.first = b.at[0]
+	return front
 }
 
 // answer is a batch query's outcome, handed from its call back to the walk.
@@ -193,7 +202,10 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 		exhausted bool
 		open      = map[string]*batch{} // account -> batch being gathered
 		flying    = map[string]*batch{} // account -> batch whose query is out
-		answers   = make(chan answer, len(s.accounts)+1)
+		// riding: account -> cards carved off a full batch to fill another query's spare
+		// room (carrier.Account.TakeRoom); out beside the account's flying batch.
+		riding = map[string]*batch{}
+		answers   = make(chan answer, 2*len(s.accounts)+1)
 		stopping  bool
 		failedAt  = -1 // first position of a batch whose query failed
 	)
@@ -203,6 +215,9 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 			f = min(f, b.first)
 		}
 		for _, b := range flying {
+			f = min(f, b.first)
+		}
+		for _, b := range riding {
 			f = min(f, b.first)
 		}
 		if failedAt >= 0 {
@@ -234,7 +249,11 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 	}
 	// receive records one answer; a failed query ends the round once the others are in.
 	receive := func(a answer) error {
-		delete(flying, a.b.account)
+		if riding[a.b.account] == a.b {
+			delete(riding, a.b.account)
+		} else {
+			delete(flying, a.b.account)
+		}
 		ok, why, nextRun, err := w.record(ctx, a)
 		if err != nil {
 			return err
@@ -279,7 +298,7 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 		}
 		if stopping {
 			// Send nothing more; the round ends once the queries out are answered.
-			if len(flying) == 0 {
+			if len(flying)+len(riding) == 0 {
 				advance()
 				return true, reason, next, nil
 			}
@@ -288,15 +307,29 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 			}
 			continue
 		}
-		// A full batch goes out as soon as its account has no query in flight.
+		// A full batch goes out as soon as its account has no query in flight. While it
+		// waits, its first cards may fill the spare room of a partial query of the same
+		// account that is waiting for its tokens on this node (another shard's last
+		// batch): they ride in that query's call, which then goes out full.
 		blocked := false
 		for acct, b := range open {
 			if full(b) {
 				if flying[acct] == nil {
 					dispatch(b)
-				} else {
-					blocked = true
+					continue
 				}
+				if riding[acct] == nil && s.cfg.Batching {
+					if n := s.accounts[acct].TakeRoom(len(b.cards) - 1); n > 0 {
+						rb := b.carve(n)
+						riding[acct] = rb
+						go func() {
+							results, err := w.call(ctx, rb, false)
+							answers <- answer{rb, results, err}
+						}()
+						continue
+					}
+				}
+				blocked = true
 			}
 		}
 		if blocked {
@@ -331,7 +364,7 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 			switch {
 			case oldest != nil && (exhausted || oldest.first == frontier()):
 				dispatch(oldest)
-			case len(flying) > 0:
+			case len(flying)+len(riding) > 0:
 				if err := wait(); err != nil {
 					return true, "", time.Time{}, err
 				}
@@ -380,6 +413,7 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 				open[c.Account] = b
 			}
 			b.cards = append(b.cards, c)
+			b.at = append(b.at, pos-1)
 		}
 		advance()
 		if err := w.maybeFlush(ctx); err != nil {
