@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -155,6 +156,45 @@ func accountUse(specs []sim.AccountSpec, from, to simTotals, secs float64) strin
 	return strings.Join(parts, ", ")
 }
 
+// batchFill summarizes, per account, how full the data calls the simulator logged were:
+// the calls that carried cards, how many of them were partial, and the cards per call
+// over the batch size.
+func batchFill(specs []sim.AccountSpec, calls []sim.CallRecord) string {
+	var parts []string
+	for _, a := range specs {
+		size := carrier.DefaultBatchSize(a.Carrier)
+		n, partial, cards := 0, 0, 0
+		small := 0 // partial calls of at most a tenth of a batch
+		var sizes []int
+		for _, c := range calls {
+			if c.Account != a.ID || len(c.ICCIDs) == 0 {
+				continue
+			}
+			n++
+			cards += len(c.ICCIDs)
+			if len(c.ICCIDs) < size {
+				partial++
+				sizes = append(sizes, len(c.ICCIDs))
+			}
+			if len(c.ICCIDs) <= size/10 {
+				small++
+			}
+		}
+		if n > 0 {
+			slices.Sort(sizes)
+			q := func(p float64) int {
+				if len(sizes) == 0 {
+					return size
+				}
+				return sizes[int(p*float64(len(sizes)-1))]
+			}
+			parts = append(parts, fmt.Sprintf("%s %d calls, %d partial (%d of at most a tenth; sizes p10/p50/p90 %d/%d/%d), fill %.3f",
+				a.ID, n, partial, small, q(0.1), q(0.5), q(0.9), float64(cards)/float64(n*size)))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
 // refetched counts card fetches beyond the first, at the simulator.
 func refetched(s *sim.Sim) int {
 	n := 0
@@ -245,6 +285,10 @@ func quotaRun(b *testing.B, cards int, adjust func(*syncer.Config), fixed time.D
 		}
 		var start, end sample
 		var first time.Time
+		// While measuring: how often each account had no request queued at the leader's
+		// bucket (a rate that went unused for want of work ready on the members).
+		dry, samples := map[string]int{}, 0
+		var dryAt []string // per sample, the accounts with none queued
 		deadline := time.Now().Add(4 * time.Minute)
 		for {
 			now := time.Now()
@@ -257,10 +301,23 @@ func quotaRun(b *testing.B, cards int, adjust func(*syncer.Config), fixed time.D
 			}
 			if start.at.IsZero() && (got >= 0.1*total || (fixed > 0 && !first.IsZero() && now.Sub(first) >= 5*time.Second)) {
 				start = sample{now, got, simCounts(c.Sim)}
+				c.Sim.RecordCalls(true)
 			}
 			if !start.at.IsZero() && (got >= 0.9*total || (fixed > 0 && now.Sub(start.at) >= fixed)) {
 				end = sample{now, got, simCounts(c.Sim)}
 				break
+			}
+			if l := c.Leader(); !start.at.IsZero() && l != nil {
+				st := l.Node().QuotaStats()
+				samples++
+				var none []string
+				for _, a := range specs {
+					if st.Waiting[a.ID] == 0 {
+						dry[a.ID]++
+						none = append(none, a.ID)
+					}
+				}
+				dryAt = append(dryAt, strings.Join(none, ","))
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -279,6 +336,31 @@ func quotaRun(b *testing.B, cards int, adjust func(*syncer.Config), fixed time.D
 			int(total), len(specs), rate, start.cards, end.cards, secs, limitCards, limitCalls, rate/limitCards,
 			calls, calls/limitCalls, st.rejected, st.rejectedRate, st.rejectedConc)
 		b.Logf("per account: %s", accountUse(specs, start.sim, end.sim, secs))
+		b.Logf("batches: %s", batchFill(specs, c.Sim.Calls()))
+		if samples > 0 {
+			var parts []string
+			for _, a := range specs {
+				parts = append(parts, fmt.Sprintf("%s %.2f", a.ID, float64(dry[a.ID])/float64(samples)))
+			}
+			b.Logf("share of %d samples with no request queued at the leader's bucket: %s", samples, strings.Join(parts, ", "))
+			// The same by tenths of the window, for the accounts with batches.
+			var tenths []string
+			for d := range 10 {
+				lo, hi := d*len(dryAt)/10, (d+1)*len(dryAt)/10
+				counts := map[string]int{}
+				for _, none := range dryAt[lo:hi] {
+					for _, id := range strings.Split(none, ",") {
+						counts[id]++
+					}
+				}
+				var p []string
+				for _, a := range specs[:3] {
+					p = append(p, fmt.Sprintf("%.2f", float64(counts[a.ID])/float64(max(1, hi-lo))))
+				}
+				tenths = append(tenths, strings.Join(p, "/"))
+			}
+			b.Logf("by tenth of the window (%s/%s/%s): %s", specs[0].ID, specs[1].ID, specs[2].ID, strings.Join(tenths, " "))
+		}
 		c.Close()
 	}
 }

@@ -307,30 +307,31 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 			}
 			continue
 		}
-		// A full batch goes out as soon as its account has no query in flight. While it
-		// waits, its first cards may fill the spare room of a partial query of the same
-		// account that is waiting for its tokens on this node (another shard's last
-		// batch): they ride in that query's call, which then goes out full.
+		// A full batch goes out as soon as its account has no query in flight. While one
+		// is out, the batch's first cards may fill the spare room of a partial query of
+		// the account waiting for its tokens on this node (another shard's last batch):
+		// they ride in that query's call, which then goes out full.
 		blocked := false
 		for acct, b := range open {
-			if full(b) {
-				if flying[acct] == nil {
-					dispatch(b)
+			if !full(b) {
+				continue
+			}
+			if flying[acct] == nil {
+				dispatch(b)
+				continue
+			}
+			if riding[acct] == nil && s.cfg.Batching {
+				if n := s.accounts[acct].TakeRoom(len(b.cards) - 1); n > 0 {
+					rb := b.carve(n)
+					riding[acct] = rb
+					go func() {
+						results, err := w.call(ctx, rb, false)
+						answers <- answer{rb, results, err}
+					}()
 					continue
 				}
-				if riding[acct] == nil && s.cfg.Batching {
-					if n := s.accounts[acct].TakeRoom(len(b.cards) - 1); n > 0 {
-						rb := b.carve(n)
-						riding[acct] = rb
-						go func() {
-							results, err := w.call(ctx, rb, false)
-							answers <- answer{rb, results, err}
-						}()
-						continue
-					}
-				}
-				blocked = true
 			}
+			blocked = true
 		}
 		if blocked {
 			if err := wait(); err != nil {

@@ -81,7 +81,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{HoldOff: 1500 * time.Millisecond, Safety: 0.98, MaxWait: 10 * time.Second}
+	return Config{HoldOff: 1500 * time.Millisecond, Safety: 0.995, MaxWait: 10 * time.Second}
 }
 
 // Validate checks the configuration.
