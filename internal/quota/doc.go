@@ -6,6 +6,11 @@
 // the cluster is allowed is never stranded on a node whose running shards do not use
 // it, and the calls of all nodes together never exceed the bucket.
 //
+// Requests wait in a queue per account and take their tokens only when it is their turn
+// and a token is due, so a request given up while it waits (its node died, its query was
+// abandoned) costs nothing. Prioritized requests (Request.Priority: a shard round's first
+// query) go first, but an unprioritized one that waited past MaxWait/2 is not passed.
+//
 // The leader answers a request when its first token is due (with the offsets of the
 // others), after confirming its leadership (Config.Verify), so a node calls at once on the
 // answer and no clock is compared between machines. The node throws away an answer that
