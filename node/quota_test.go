@@ -44,6 +44,22 @@ func TestClusterQuotaTokens(t *testing.T) {
 	if _, err := f.Node().Tokens(ctx, "acct", 200, false); !errors.Is(err, quota.ErrTooLate) || quota.RetryAfter(err) <= 0 {
 		t.Fatalf("200 tokens within 300 ms: %v", err)
 	}
+	// A prioritized request from a follower reaches the leader's prioritized lane: with the
+	// bucket 40 tokens (2 s) in debt, it waits there.
+	if _, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 40, false); err != nil {
+		t.Fatalf("40 tokens: %v", err)
+	}
+	prio := make(chan error, 1)
+	go func() {
+		_, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 1, true)
+		prio <- err
+	}()
+	testcluster.WaitFor(t, 10*time.Second, "the prioritized request queued in its lane at the leader", func() bool {
+		return l.Node().QuotaStats().WaitingPriority["acct"] == 1
+	})
+	if err := <-prio; err != nil {
+		t.Fatalf("prioritized request: %v", err)
+	}
 	resp, err := http.Post("http://"+l.Node().HTTPAddr()+"/internal/v1/quota", "application/json", bytes.NewReader([]byte(`{"node":"x","count":0}`)))
 	if err != nil {
 		t.Fatal(err)
