@@ -412,6 +412,8 @@ func takeoverRun(b *testing.B, profile string, trials int) {
 		c := testcluster.New(b, testcluster.Options{Nodes: 3, Cards: 20_000, QuotaScale: 0.25, Profile: profile})
 		c.WaitStable(60 * time.Second)
 		var took, fenced []time.Duration
+		var trialsText []string // one entry per trial; logged as one line (benchmark logs keep only 10)
+		notTrials := 0
 		b.ResetTimer()
 		for kill := 1; len(took) < trials; kill++ {
 			if kill > 2*trials {
@@ -419,15 +421,17 @@ func takeoverRun(b *testing.B, profile string, trials int) {
 			}
 			t := takeoverTrial(b, c, len(took) < trials-1)
 			if t.shards == 0 {
-				b.Logf("%s kill %d: the killed member finished every shard it held itself; not a trial", profile, kill)
+				notTrials++ // the killed member finished every shard it held itself
 				continue
 			}
 			took = append(took, t.took)
 			fenced = append(fenced, t.fenced)
-			b.Logf("%s trial %d: %d shards fenced from the killed member after %v, progressing under new owners after %v",
-				profile, len(took), t.shards, t.fenced.Round(time.Millisecond), t.took.Round(time.Millisecond))
+			trialsText = append(trialsText, fmt.Sprintf("%d: %d shards %v/%v", len(took), t.shards,
+				t.fenced.Round(10*time.Millisecond), t.took.Round(10*time.Millisecond)))
 		}
 		b.StopTimer()
+		b.Logf("%s trials (shards held, fenced/progressing after the kill; %d kills not trials, the member finished its shards itself): %s",
+			profile, notTrials, strings.Join(trialsText, ", "))
 		sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
 		sort.Slice(fenced, func(i, j int) bool { return fenced[i] < fenced[j] })
 		b.ReportMetric(ms(percentile(fenced, 0.50)), "fenced-p50-ms")
@@ -557,8 +561,8 @@ func takeoverTrial(b *testing.B, c *testcluster.Cluster, restart bool) takeover 
 		}
 		if l := c.Leader(); l != nil && last != "" {
 			if s, err := l.Node().FSM().Shard(last); err == nil {
-				b.Logf("slowest shard %s (cards per account %v) progressed under %s after %v; reason %q",
-					last, s.Accounts, s.Owner, at.Round(time.Millisecond), s.Checkpoint.Reason)
+				b.Logf("slow trial (%v): slowest shard %s (cards per account %v) progressed under %s after %v; reason %q",
+					took.Round(time.Millisecond), last, s.Accounts, s.Owner, at.Round(time.Millisecond), s.Checkpoint.Reason)
 			}
 		}
 	}

@@ -204,10 +204,10 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 		flying    = map[string]*batch{} // account -> batch whose query is out
 		// riding: account -> cards carved off a full batch to fill another query's spare
 		// room (carrier.Account.TakeRoom); out beside the account's flying batch.
-		riding = map[string]*batch{}
-		answers   = make(chan answer, 2*len(s.accounts)+1)
-		stopping  bool
-		failedAt  = -1 // first position of a batch whose query failed
+		riding   = map[string]*batch{}
+		answers  = make(chan answer, 2*len(s.accounts)+1)
+		stopping bool
+		failedAt = -1 // first position of a batch whose query failed
 	)
 	frontier := func() int {
 		f := pos
