@@ -543,7 +543,7 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 				return nil, abandonedOr(ctx, err)
 			}
 			// Taken into another query's call: its answer is this query's.
-			return me.wait(ctx)
+			return me.wait()
 		}
 		var preempted bool
 		var err error

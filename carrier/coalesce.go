@@ -1,7 +1,6 @@
 package carrier
 
 import (
-	"context"
 	"errors"
 )
 
@@ -88,14 +87,13 @@ func (a *Account) takeRiders(n int) []*partialQuery {
 	return riders
 }
 
-// wait returns the answer a taker delivers for p, or ctx's error first.
-func (p *partialQuery) wait(ctx context.Context) ([]Result, error) {
-	select {
-	case <-p.done:
-		return p.res, p.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+// wait returns the answer the taker delivers for p. It does not give up when the
+// rider's own context ends: the cards are in the taker's call, which is bounded by the
+// taker's deadline, and an answer the carrier gave must reach the caller (thrown away,
+// its cards would be fetched again by the next round).
+func (p *partialQuery) wait() ([]Result, error) {
+	<-p.done
+	return p.res, p.err
 }
 
 // deliver splits one call's answer: the first n results are the caller's, the rest go
