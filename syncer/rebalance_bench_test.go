@@ -105,6 +105,8 @@ type rebalanceJoin struct {
 	// phases is, per reason the shares were not settled yet (see sharesSettled), when
 	// it was last seen.
 	phases map[string]time.Duration
+	// graceTrace samples, once a second, why the shares in force were short.
+	graceTrace []string
 }
 
 func (j rebalanceJoin) phaseText() string {
@@ -138,18 +140,27 @@ func rebalanceJoinOne(b *testing.B, c *testcluster.Cluster) rebalanceJoin {
 	j.moved = len(membership.Moves(before, after, ids))
 	why := ""
 	j.phases = map[string]time.Duration{}
+	var sampled time.Duration
 	if !testcluster.Eventually(60*time.Second, func() bool {
 		var ok bool
 		var kind string
 		ok, kind, why = sharesSettled(c)
 		if !ok {
-			j.phases[kind] = time.Since(start)
+			at := time.Since(start)
+			j.phases[kind] = at
+			if kind == settleGrace && at-sampled >= time.Second {
+				sampled = at
+				j.graceTrace = append(j.graceTrace, fmt.Sprintf("%v: %s", at.Round(100*time.Millisecond), why))
+			}
 		}
 		return ok
 	}) {
 		b.Fatalf("quota shares not settled 60 s after the join to %d members: %s", j.members, why)
 	}
 	j.settle = time.Since(start)
+	if j.settle > 5*time.Second && len(j.graceTrace) > 0 {
+		b.Logf("join to %d: shares in force short: %s", j.members, strings.Join(j.graceTrace, "; "))
+	}
 	if allShardsDone(c) {
 		b.Fatal("the backlog finished before the shares settled: make it larger")
 	}
@@ -250,7 +261,12 @@ func sharesSettled(c *testcluster.Cluster) (ok bool, kind, why string) {
 		}
 		if syncer.DefaultConfig().SharedTokens {
 			if conc < acct.Concurrency {
-				return false, settleGrace, fmt.Sprintf("concurrency slots of %s in force add up to %d of %d", id, conc, acct.Concurrency)
+				var per []string
+				for _, m := range up {
+					sh := shares[m.Name][id]
+					per = append(per, fmt.Sprintf("%s %d (fraction %.3f, ring %.3f)", m.Name, sh.Concurrency, sh.Fraction, want[id][m.Name]))
+				}
+				return false, settleGrace, fmt.Sprintf("concurrency slots of %s in force add up to %d of %d: %s", id, conc, acct.Concurrency, strings.Join(per, ", "))
 			}
 			continue
 		}

@@ -30,7 +30,7 @@ func TestSplitShareGivesRateToSlotHolders(t *testing.T) {
 			var rate float64
 			conc := 0
 			for name := range tt.fracs {
-				sh := splitShare(name, tt.fracs, tt.rate, tt.burst, tt.conc)
+				sh := splitShare(name, "acct", tt.fracs, tt.rate, tt.burst, tt.conc, false)
 				if sh.Concurrency != tt.wantConc[name] {
 					t.Errorf("%s: concurrency %d, want %d", name, sh.Concurrency, tt.wantConc[name])
 				}
@@ -45,6 +45,60 @@ func TestSplitShareGivesRateToSlotHolders(t *testing.T) {
 			}
 			if conc > tt.conc {
 				t.Errorf("slots add up to %d, account allows %d", conc, tt.conc)
+			}
+		})
+	}
+}
+
+// TestEvenSlotsStayPut: with the shared token buckets the slots are split evenly between
+// the owners with work, whatever their fractions, so they do not move while the
+// fractions drift; they never add up to more than the account allows, and the rate still
+// goes only to owners with a slot.
+func TestEvenSlotsStayPut(t *testing.T) {
+	split := func(fracs map[string]float64, conc int) (map[string]int, float64) {
+		got, rate := map[string]int{}, 0.0
+		for name := range fracs {
+			sh := splitShare(name, "acct", fracs, 10, 5, conc, true)
+			got[name] = sh.Concurrency
+			rate += sh.RatePerSec
+			if (sh.Concurrency == 0) != (sh.RatePerSec == 0) {
+				t.Errorf("%s: rate %v with concurrency %d", name, sh.RatePerSec, sh.Concurrency)
+			}
+		}
+		return got, rate
+	}
+	tests := []struct {
+		name  string
+		conc  int
+		fracs []map[string]float64 // drifting fractions: the split must not change
+		total int
+	}{
+		{"six slots, three owners", 6, []map[string]float64{{"a": 0.36, "b": 0.33, "c": 0.31}, {"a": 0.45, "b": 0.33, "c": 0.22}, {"a": 0.2, "b": 0.1, "c": 0.7}}, 6},
+		{"six slots, four owners", 6, []map[string]float64{{"a": 0.16, "b": 0.32, "c": 0.16, "d": 0.36}, {"a": 0.27, "b": 0.29, "c": 0.24, "d": 0.2}}, 6},
+		{"one slot, three owners", 1, []map[string]float64{{"a": 0.17, "b": 0.34, "c": 0.49}, {"a": 0.5, "b": 0.3, "c": 0.2}}, 1},
+		{"idle owner gets none", 6, []map[string]float64{{"a": 0.7, "b": 0.3, "c": 0}, {"a": 0.1, "b": 0.9, "c": 0}}, 6},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			first, _ := split(tt.fracs[0], tt.conc)
+			for _, fr := range tt.fracs {
+				got, rate := split(fr, tt.conc)
+				sum := 0
+				for name, n := range got {
+					sum += n
+					if n != first[name] {
+						t.Errorf("fractions %v: %s has %d slots, %d before the drift", fr, name, n, first[name])
+					}
+					if fr[name] == 0 && n != 0 {
+						t.Errorf("%s has no work but %d slots", name, n)
+					}
+				}
+				if sum != tt.total {
+					t.Errorf("fractions %v: slots add up to %d, want %d", fr, sum, tt.total)
+				}
+				if math.Abs(rate-10) > 1e-9 {
+					t.Errorf("fractions %v: rates add up to %v, want 10", fr, rate)
+				}
 			}
 		})
 	}

@@ -3,6 +3,7 @@ package syncer
 import (
 	"context"
 	"errors"
+	"hash/fnv"
 	"slices"
 	"sort"
 	"strings"
@@ -437,7 +438,7 @@ func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string,
 		if s.cfg.ShareQuota {
 			rate *= s.cfg.QuotaSafety
 		}
-		sh := splitShare(me, fracs, rate, q.Burst, q.Concurrency)
+		sh := splitShare(me, id, fracs, rate, q.Burst, q.Concurrency, s.cfg.SharedTokens)
 		if s.cfg.ShareQuota && (revoked || outOfContact) {
 			// Cut off from the leader (partitioned, or paused and not yet aware of it),
 			// this node's view of the ring and the claims may be stale and could make it
@@ -562,16 +563,20 @@ type timedShare struct {
 // fewer slots than owners (Cisco allows one call at a time) would leave the rate of the
 // slotless owners unused and run far below its quota. Every node computes the same split
 // from the same inputs, so the parts never add up to more than the account allows.
-func splitShare(me string, fracs map[string]float64, rate float64, burst, concurrency int) Share {
+func splitShare(me, account string, fracs map[string]float64, rate float64, burst, concurrency int, even bool) Share {
 	sh := Share{Fraction: fracs[me]}
 	slots := max(concurrency, 1)
-	sh.Concurrency = slotsFor(me, fracs, slots)
+	slotsOf := func(name string) int { return slotsFor(name, fracs, slots) }
+	if even {
+		slotsOf = func(name string) int { return evenSlots(name, account, fracs, slots) }
+	}
+	sh.Concurrency = slotsOf(me)
 	if sh.Fraction <= 0 || sh.Concurrency == 0 || rate <= 0 {
 		return Share{Fraction: sh.Fraction}
 	}
 	withSlot := 0.0
 	for name, f := range fracs {
-		if f > 0 && slotsFor(name, fracs, slots) > 0 {
+		if f > 0 && slotsOf(name) > 0 {
 			withSlot += f
 		}
 	}
@@ -579,6 +584,47 @@ func splitShare(me string, fracs map[string]float64, rate float64, burst, concur
 	sh.RatePerSec = rate * part
 	sh.Burst = max(1, int(float64(max(burst, 1))*part))
 	return sh
+}
+
+// evenSlots splits concurrency slots evenly between the owners with work, the remainder
+// to the first owners in an order fixed per account (a hash of account and name), so
+// the split moves only when an owner gains or runs out of work, not with every shard
+// finished. That is the split with the leader's shared token buckets: the rate is not
+// split, and a slot held by any owner with work keeps a request queued at the leader;
+// a split by the fractions moved slots between owners every few seconds of a backlog,
+// and each move held the gaining owner back for the call grace (in force, the slots
+// added up to less than the account allows for most of the rebalance benchmark).
+func evenSlots(me, account string, fracs map[string]float64, slots int) int {
+	type owner struct {
+		name string
+		key  uint64
+	}
+	var owners []owner
+	for name, f := range fracs {
+		if f > 0 {
+			h := fnv.New64a()
+			h.Write([]byte(account))
+			h.Write([]byte{0})
+			h.Write([]byte(name))
+			owners = append(owners, owner{name, h.Sum64()})
+		}
+	}
+	sort.Slice(owners, func(i, j int) bool {
+		if owners[i].key != owners[j].key {
+			return owners[i].key < owners[j].key
+		}
+		return owners[i].name < owners[j].name
+	})
+	for i, o := range owners {
+		if o.name == me {
+			n := slots / len(owners)
+			if i < slots%len(owners) {
+				n++
+			}
+			return n
+		}
+	}
+	return 0
 }
 
 // slotsFor splits concurrency slots between owners by largest remainder, ties broken by
