@@ -235,10 +235,19 @@ func (s *Syncer) poll(ctx context.Context) {
 
 	liveGroup := map[int]string{}  // group -> shard with a live claim
 	groupOwner := map[int]string{} // group -> that claim's owner
+	// group -> a shard whose task was cut off within the last lease (its claim revoked or
+	// expired mid-task, not released for a backoff): it resumes before the group's other
+	// shards start, so a member's death does not leave its shards waiting behind a
+	// whole shard of the same group that another member started meanwhile.
+	cutOff := map[int]fsm.ShardState{}
 	for _, sh := range shards {
-		if sh.LiveClaim(start) {
+		switch {
+		case sh.LiveClaim(start):
 			liveGroup[sh.Group] = sh.ID
 			groupOwner[sh.Group] = sh.Owner
+		case sh.Checkpoint.State == fsm.StateRunning && !sh.Checkpoint.NextRunAt.After(start) &&
+			sh.Checkpoint.UpdatedAt.After(start.Add(-s.cfg.Lease)):
+			cutOff[sh.Group] = sh
 		}
 	}
 	// The due shards this node may claim now; of those, unfinished tasks and overdue
@@ -264,6 +273,11 @@ func (s *Syncer) poll(ctx context.Context) {
 		case liveGroup[sh.Group] != "" && liveGroup[sh.Group] != sh.ID:
 			// groups run serially
 			if groupOwner[sh.Group] != me {
+				groupWait = true
+			}
+		case cutOff[sh.Group].ID != "" && cutOff[sh.Group].ID != sh.ID && liveGroup[sh.Group] == "":
+			// the group's cut-off task goes first (its ring owner claims it)
+			if owners[cutOff[sh.Group].ID] != me {
 				groupWait = true
 			}
 		case s.allBackedOff(sh, ents, start) || !s.anyAccountHere(sh, ents):

@@ -31,6 +31,11 @@ type worker struct {
 	failed    uint64
 	pending   int // cards processed since the last flush
 	lastFlush time.Time
+	// firstAnswer: the claim's first carrier answer is in; answerFlushed: a flush has
+	// carried it. The first answer is flushed at once rather than after FlushEvery cards
+	// or FlushInterval: the first progress of a shard taken over from a dead member (or
+	// handed over) shows in the replicated state as soon as it exists.
+	firstAnswer, answerFlushed bool
 	deferred  map[string]string // account -> why its cards wait for a later task
 }
 
@@ -511,6 +516,7 @@ func (w *worker) record(ctx context.Context, a answer) (ok bool, reason string, 
 		w.results = append(w.results, r)
 		w.pending++
 	}
+	w.firstAnswer = true
 	return true, "", time.Time{}, nil
 }
 
@@ -566,7 +572,8 @@ func (w *worker) deferredNextRun() time.Time {
 }
 
 func (w *worker) maybeFlush(ctx context.Context) error {
-	if w.pending < w.s.cfg.FlushEvery && w.s.cfg.Now().Sub(w.lastFlush) < w.s.cfg.FlushInterval {
+	first := w.firstAnswer && !w.answerFlushed
+	if !first && w.pending < w.s.cfg.FlushEvery && w.s.cfg.Now().Sub(w.lastFlush) < w.s.cfg.FlushInterval {
 		return nil
 	}
 	return w.flush(ctx, false, false, "", time.Time{})
@@ -596,6 +603,7 @@ func (w *worker) flush(ctx context.Context, done, release bool, reason string, n
 	s.m.flushes.WithLabelValues("ok").Inc()
 	w.results, w.skipped, w.failed, w.pending = w.results[:0], 0, 0, 0
 	w.lastFlush = s.cfg.Now()
+	w.answerFlushed = w.firstAnswer
 	return nil
 }
 
