@@ -31,8 +31,25 @@ func (n *Node) newQuotaServer(rc *raft.Config) (*quota.Server, error) {
 	qc := quota.DefaultConfig()
 	qc.HoldOff = 2*rc.LeaderLeaseTimeout + quotaStale + 250*time.Millisecond
 	qc.Logger = n.logger
-	qc.Verify = func() error { return n.raft.VerifyLeader().Error() }
+	qc.Verify = n.verifyLeader
 	return quota.NewServer(qc, n.quotaLimits, n.quotaAllow)
+}
+
+// verifyLeader confirms this node's leadership with a round of heartbeats. A future
+// still queued in Raft's channel when Raft shuts down is never answered, so it waits only
+// while ctx and the node run.
+func (n *Node) verifyLeader(ctx context.Context) error {
+	f := n.raft.VerifyLeader()
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.ctx.Done():
+		return ErrShutdown
+	}
 }
 
 func (n *Node) quotaLimits(account string) (quota.Limits, bool) {

@@ -73,8 +73,8 @@ type Config struct {
 	MaxWait time.Duration
 	// Verify, if set, confirms leadership right before a grant is answered (the node
 	// sets raft's VerifyLeader): a leader that was paused or cut off and replaced while a
-	// request waited must not answer it.
-	Verify func() error
+	// request waited must not answer it. It must return once ctx ends.
+	Verify func(ctx context.Context) error
 	// Logger; nil means none.
 	Logger hclog.Logger
 }
@@ -227,7 +227,7 @@ func (s *Server) GrantPlanned(ctx context.Context, req Request) ([]time.Duration
 	default:
 	}
 	if s.cfg.Verify != nil {
-		if err := s.cfg.Verify(); err != nil {
+		if err := s.cfg.Verify(ctx); err != nil {
 			return nil, 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
 		}
 	}

@@ -286,7 +286,7 @@ func TestGrantVerifiesLeadership(t *testing.T) {
 	cfg.HoldOff = 0
 	deposed := errors.New("leadership lost")
 	var verifyErr error
-	cfg.Verify = func() error { return verifyErr }
+	cfg.Verify = func(context.Context) error { return verifyErr }
 	s, err := NewServer(cfg, func(string) (Limits, bool) { return Limits{RatePerSec: 100, Burst: 10}, true }, nil)
 	if err != nil {
 		t.Fatal(err)
