@@ -448,6 +448,21 @@ func (rt *reservedTokens) next() (*rate.Reservation, bool) {
 	return r, true
 }
 
+// lateFor is how long after ctx's deadline the last token granted by the TokenSource is
+// due (0 when in time or without a deadline).
+func (rt *reservedTokens) lateFor(ctx context.Context) time.Duration {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return 0
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if len(rt.at) == 0 {
+		return 0
+	}
+	return max(0, rt.at[len(rt.at)-1].Sub(dl))
+}
+
 // nextShared returns when the next token granted by the TokenSource may be used.
 func (rt *reservedTokens) nextShared() (time.Time, bool) {
 	rt.mu.Lock()
@@ -559,6 +574,13 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 	}
 	defer a.release()
 	defer rt.cancel()
+	if late := rt.lateFor(ctx); late > 0 {
+		// A query whose later calls would come after its deadline would fetch the cards
+		// of its first call for nothing (the query fails, the next round fetches them
+		// again): it is given up before any call.
+		return nil, &Error{Carrier: a.cfg.Carrier, Account: a.cfg.ID, Kind: KindRateLimited, Code: "cluster_quota",
+			Message: fmt.Sprintf("the query's last call token comes %v after its deadline", late.Round(time.Millisecond)), RetryAfter: late}
+	}
 	// Riders are taken once the tokens are in hand: with the cluster's shared bucket the
 	// wait for them is where the partial queries of other shards pile up.
 	riders := a.takeRiders(len(iccids))

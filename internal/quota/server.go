@@ -125,8 +125,10 @@ type bucket struct {
 }
 
 type waiter struct {
-	n       int
-	arrived time.Time
+	n        int
+	arrived  time.Time
+	deadline time.Time     // the last token must be due before it (zero: none)
+	err      error         // set instead of due when the turn came too late
 	ready   chan struct{} // closed when the tokens are given
 	due     []time.Time   // when each token is due, set before ready closes
 }
@@ -212,6 +214,9 @@ func (s *Server) GrantPlanned(ctx context.Context, req Request) ([]time.Duration
 	}
 	select {
 	case <-w.ready:
+		if w.err != nil {
+			return nil, 0, w.err
+		}
 	case <-lost:
 		return nil, 0, ErrNotLeader
 	case <-ctx.Done():
@@ -282,6 +287,9 @@ func (s *Server) enqueue(ctx context.Context, req Request, now time.Time) (*wait
 		return nil, nil, nil, &WaitError{Err: ErrTooLate, RetryAfter: last - limit}
 	}
 	w := &waiter{n: req.Count, arrived: now, ready: make(chan struct{})}
+	if dl, ok := ctx.Deadline(); ok {
+		w.deadline = dl
+	}
 	lane := 1
 	if req.Priority {
 		lane = 0
@@ -333,6 +341,15 @@ func (s *Server) dispatchLocked(account string, b *bucket, now time.Time) {
 		}
 		w := b.lanes[lane][0]
 		b.lanes[lane] = b.lanes[lane][1:]
+		// Prioritized requests may have come ahead since the estimate at arrival: a
+		// request whose last token would now fall after its deadline is refused rather
+		// than given tokens it cannot use in time (a query whose later calls miss its
+		// deadline has fetched cards for nothing).
+		if last := now.Add(needFor(b.lim, now, w.n)); !w.deadline.IsZero() && last.After(w.deadline) {
+			w.err = &WaitError{Err: ErrTooLate, RetryAfter: last.Sub(w.deadline)}
+			close(w.ready)
+			continue
+		}
 		w.due = make([]time.Time, w.n)
 		for i := range w.n {
 			w.due[i] = now.Add(b.lim.ReserveN(now, 1).DelayFrom(now))

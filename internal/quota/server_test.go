@@ -300,3 +300,41 @@ func TestGrantVerifiesLeadership(t *testing.T) {
 		t.Fatalf("grant after losing leadership: %v", err)
 	}
 }
+
+// TestTurnAfterDeadlineIsRefused: a request pushed back by prioritized ones until its
+// last token would come after its deadline is refused at its turn, not given tokens it
+// cannot use in time.
+func TestTurnAfterDeadlineIsRefused(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.HoldOff = 0
+	cfg.Safety = 1
+	s, err := NewServer(cfg, func(string) (Limits, bool) { return Limits{RatePerSec: 4, Burst: 1}, true }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Lead(time.Now())
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	late := make(chan error, 1)
+	go func() {
+		// At 4 tokens/s from an empty bucket its token is due at about 250 ms: in time,
+		// as estimated on arrival.
+		_, err := s.Grant(ctx, "n1", "acct", 1)
+		late <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); s.Stats().Waiting["acct"] != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the request was never queued")
+		}
+	}
+	// Prioritized requests for 3 tokens go first: its turn comes after 750 ms.
+	if _, _, err := s.GrantPlanned(context.Background(), Request{Node: "n2", Account: "acct", Count: 3, Priority: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-late; !errors.Is(err, ErrTooLate) && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("request pushed past its deadline: %v", err)
+	}
+	if g := s.Stats().Granted["acct"]; g != 3 {
+		t.Fatalf("%d tokens granted, want only the prioritized 3", g)
+	}
+}
