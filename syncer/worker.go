@@ -36,7 +36,7 @@ type worker struct {
 	// or FlushInterval: the first progress of a shard taken over from a dead member (or
 	// handed over) shows in the replicated state as soon as it exists.
 	firstAnswer, answerFlushed bool
-	deferred  map[string]string // account -> why its cards wait for a later task
+	deferred                   map[string]string // account -> why its cards wait for a later task
 }
 
 func (w *worker) stop(reason string) {

@@ -129,8 +129,8 @@ type waiter struct {
 	arrived  time.Time
 	deadline time.Time     // the last token must be due before it (zero: none)
 	err      error         // set instead of due when the turn came too late
-	ready   chan struct{} // closed when the tokens are given
-	due     []time.Time   // when each token is due, set before ready closes
+	ready    chan struct{} // closed when the tokens are given
+	due      []time.Time   // when each token is due, set before ready closes
 }
 
 // Request asks for Count tokens of Account's bucket for Node.
