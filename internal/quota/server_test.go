@@ -122,6 +122,25 @@ func TestStepDownEndsWaits(t *testing.T) {
 	}
 }
 
+// leadingServer returns a server leading from now, without hold-off, whose every
+// account has the given rate (burst 1) at full rate (safety 1); maxWait 0 keeps the
+// default.
+func leadingServer(t *testing.T, rate float64, maxWait time.Duration) *Server {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.HoldOff = 0
+	cfg.Safety = 1
+	if maxWait > 0 {
+		cfg.MaxWait = maxWait
+	}
+	s, err := NewServer(cfg, func(string) (Limits, bool) { return Limits{RatePerSec: rate, Burst: 1}, true }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Lead(time.Now())
+	return s
+}
+
 // enqueueAndWait queues req at now and waits until its tokens are given.
 func enqueueAndWait(t *testing.T, s *Server, req Request, now time.Time) *waiter {
 	t.Helper()
@@ -197,15 +216,7 @@ func TestGrantsNeverExceedTheBucket(t *testing.T) {
 // TestPriorityAndAging: prioritized requests are served before the others queued ahead of
 // them, except that an unprioritized request waiting longer than MaxWait/2 goes first.
 func TestPriorityAndAging(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.HoldOff = 0
-	cfg.Safety = 1
-	cfg.MaxWait = 1200 * time.Millisecond
-	s, err := NewServer(cfg, func(string) (Limits, bool) { return Limits{RatePerSec: 4, Burst: 1}, true }, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Lead(time.Now())
+	s := leadingServer(t, 4, 1200*time.Millisecond)
 	now := time.Now()
 	var (
 		mu    sync.Mutex
@@ -241,14 +252,7 @@ func TestPriorityAndAging(t *testing.T) {
 // TestWithdrawnRequestCostsNothing: a request given up while it waits (its node died)
 // takes no tokens; the one behind it gets its turn.
 func TestWithdrawnRequestCostsNothing(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.HoldOff = 0
-	cfg.Safety = 1
-	s, err := NewServer(cfg, func(string) (Limits, bool) { return Limits{RatePerSec: 2, Burst: 1}, true }, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Lead(time.Now())
+	s := leadingServer(t, 2, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	gone := make(chan error, 1)
 	go func() {
@@ -305,14 +309,7 @@ func TestGrantVerifiesLeadership(t *testing.T) {
 // last token would come after its deadline is refused at its turn, not given tokens it
 // cannot use in time.
 func TestTurnAfterDeadlineIsRefused(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.HoldOff = 0
-	cfg.Safety = 1
-	s, err := NewServer(cfg, func(string) (Limits, bool) { return Limits{RatePerSec: 4, Burst: 1}, true }, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Lead(time.Now())
+	s := leadingServer(t, 4, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
 	defer cancel()
 	late := make(chan error, 1)
