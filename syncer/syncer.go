@@ -239,7 +239,7 @@ func (s *Syncer) poll(ctx context.Context) {
 	// expired mid-task, not released for a backoff): it resumes before the group's other
 	// shards start, so a member's death does not leave its shards waiting behind a
 	// whole shard of the same group that another member started meanwhile.
-	cutOff := map[int]fsm.ShardState{}
+	cutOff := map[int][]string{}
 	for _, sh := range shards {
 		switch {
 		case sh.LiveClaim(start):
@@ -247,7 +247,7 @@ func (s *Syncer) poll(ctx context.Context) {
 			groupOwner[sh.Group] = sh.Owner
 		case sh.Checkpoint.State == fsm.StateRunning && !sh.Checkpoint.NextRunAt.After(start) &&
 			sh.Checkpoint.UpdatedAt.After(start.Add(-s.cfg.Lease)):
-			cutOff[sh.Group] = sh
+			cutOff[sh.Group] = append(cutOff[sh.Group], sh.ID)
 		}
 	}
 	// The due shards this node may claim now; of those, unfinished tasks and overdue
@@ -275,9 +275,9 @@ func (s *Syncer) poll(ctx context.Context) {
 			if groupOwner[sh.Group] != me {
 				groupWait = true
 			}
-		case cutOff[sh.Group].ID != "" && cutOff[sh.Group].ID != sh.ID && liveGroup[sh.Group] == "":
+		case len(cutOff[sh.Group]) > 0 && !slices.Contains(cutOff[sh.Group], sh.ID) && liveGroup[sh.Group] == "":
 			// the group's cut-off task goes first (its ring owner claims it)
-			if owners[cutOff[sh.Group].ID] != me {
+			if owners[cutOff[sh.Group][0]] != me {
 				groupWait = true
 			}
 		case s.allBackedOff(sh, ents, start) || !s.anyAccountHere(sh, ents):
