@@ -497,6 +497,22 @@ func (n *Node) waitApplied(ctx context.Context, index uint64) {
 	_, _ = n.fsm.WaitApplied(wctx, index-1)
 }
 
+// awaitFuture returns f's error. A future still queued in one of Raft's channels when
+// Raft shuts down is never answered, so it waits only while ctx and the node run
+// (ErrShutdown when the node stops first).
+func (n *Node) awaitFuture(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.ctx.Done():
+		return ErrShutdown
+	}
+}
+
 // applyLocal applies a command on the leader and returns the FSM's result and the log
 // index of the entry.
 func (n *Node) applyLocal(ctx context.Context, cmd []byte) (*fsm.Result, uint64, error) {
@@ -513,18 +529,8 @@ func (n *Node) applyLocal(ctx context.Context, cmd []byte) (*fsm.Result, uint64,
 		}
 	}
 	f := n.raft.Apply(stamped, timeout)
-	// A future still queued in Raft's apply channel when Raft shuts down is never
-	// answered: wait for it only while the node runs.
-	done := make(chan error, 1)
-	go func() { done <- f.Error() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-n.ctx.Done():
-		return nil, 0, fmt.Errorf("outcome unknown: %w", ErrShutdown)
-	}
-	if err != nil {
-		if errors.Is(err, raft.ErrLeadershipLost) {
+	if err := n.awaitFuture(context.Background(), f); err != nil {
+		if errors.Is(err, ErrShutdown) || errors.Is(err, raft.ErrLeadershipLost) {
 			return nil, 0, fmt.Errorf("outcome unknown: %w", err)
 		}
 		return nil, 0, err

@@ -35,21 +35,9 @@ func (n *Node) newQuotaServer(rc *raft.Config) (*quota.Server, error) {
 	return quota.NewServer(qc, n.quotaLimits, n.quotaAllow)
 }
 
-// verifyLeader confirms this node's leadership with a round of heartbeats. A future
-// still queued in Raft's channel when Raft shuts down is never answered, so it waits only
-// while ctx and the node run.
+// verifyLeader confirms this node's leadership with a round of heartbeats.
 func (n *Node) verifyLeader(ctx context.Context) error {
-	f := n.raft.VerifyLeader()
-	done := make(chan error, 1)
-	go func() { done <- f.Error() }()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-n.ctx.Done():
-		return ErrShutdown
-	}
+	return n.awaitFuture(ctx, n.raft.VerifyLeader())
 }
 
 func (n *Node) quotaLimits(account string) (quota.Limits, bool) {

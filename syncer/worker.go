@@ -238,6 +238,12 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 			base = f
 		}
 	}
+	send := func(b *batch, first bool) {
+		go func() {
+			results, err := w.call(ctx, b, first)
+			answers <- answer{b, results, err}
+		}()
+	}
 	sent := map[string]bool{} // accounts queried in this round
 	dispatch := func(b *batch) {
 		delete(open, b.account)
@@ -247,10 +253,7 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 		// progresses at once.
 		first := !sent[b.account]
 		sent[b.account] = true
-		go func() {
-			results, err := w.call(ctx, b, first)
-			answers <- answer{b, results, err}
-		}()
+		send(b, first)
 	}
 	// receive records one answer; a failed query ends the round once the others are in.
 	receive := func(a answer) error {
@@ -327,12 +330,8 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 			}
 			if riding[acct] == nil && s.cfg.Batching {
 				if n := s.accounts[acct].TakeRoom(len(b.cards) - 1); n > 0 {
-					rb := b.carve(n)
-					riding[acct] = rb
-					go func() {
-						results, err := w.call(ctx, rb, false)
-						answers <- answer{rb, results, err}
-					}()
+					riding[acct] = b.carve(n)
+					send(riding[acct], false)
 					continue
 				}
 			}

@@ -98,21 +98,14 @@ func TestStepDownEndsWaits(t *testing.T) {
 		_, err := s.Grant(context.Background(), "n1", "acct", 3)
 		done <- err
 	}()
-	deadline := time.After(10 * time.Second)
-	for s.Stats().Waiting["acct"] == 0 {
-		select {
-		case <-deadline:
-			t.Fatal("grant never reserved")
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	waitQueued(t, s, "acct")
 	s.Follow()
 	select {
 	case err := <-done:
 		if !errors.Is(err, ErrNotLeader) {
 			t.Fatalf("waiting grant after step-down: %v", err)
 		}
-	case <-deadline:
+	case <-time.After(10 * time.Second):
 		t.Fatal("waiting grant not ended by the step-down")
 	}
 	s.cfg.HoldOff = time.Hour
@@ -139,6 +132,18 @@ func leadingServer(t *testing.T, rate float64, maxWait time.Duration) *Server {
 	}
 	s.Lead(time.Now())
 	return s
+}
+
+// waitQueued waits until a request for account is queued at s.
+func waitQueued(t *testing.T, s *Server, account string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Stats().Waiting[account] == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no request for %s ever queued", account)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // enqueueAndWait queues req at now and waits until its tokens are given.
@@ -259,14 +264,7 @@ func TestWithdrawnRequestCostsNothing(t *testing.T) {
 		_, err := s.Grant(ctx, "dead", "acct", 2)
 		gone <- err
 	}()
-	deadline := time.After(10 * time.Second)
-	for s.Stats().Waiting["acct"] == 0 {
-		select {
-		case <-deadline:
-			t.Fatal("first request never queued")
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
+	waitQueued(t, s, "acct")
 	now := time.Now()
 	cancel()
 	if err := <-gone; !errors.Is(err, context.Canceled) {
@@ -319,11 +317,7 @@ func TestTurnAfterDeadlineIsRefused(t *testing.T) {
 		_, err := s.Grant(ctx, "n1", "acct", 1)
 		late <- err
 	}()
-	for deadline := time.Now().Add(10 * time.Second); s.Stats().Waiting["acct"] != 1; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the request was never queued")
-		}
-	}
+	waitQueued(t, s, "acct")
 	// Prioritized requests for 3 tokens go first: its turn comes after 750 ms.
 	if _, _, err := s.GrantPlanned(context.Background(), Request{Node: "n2", Account: "acct", Count: 3, Priority: true}); err != nil {
 		t.Fatal(err)
