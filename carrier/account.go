@@ -665,12 +665,7 @@ func (a *Account) tokensWithSlot(ctx context.Context, n int) (rt *reservedTokens
 	if tw != nil {
 		preempted = tw.preempted
 		if !preempted {
-			for i, o := range a.tokenWaits {
-				if o == tw {
-					a.tokenWaits = append(a.tokenWaits[:i], a.tokenWaits[i+1:]...)
-					break
-				}
-			}
+			a.tokenWaits = slices.DeleteFunc(a.tokenWaits, func(o *tokenWait) bool { return o == tw })
 		}
 	}
 	a.mu.Unlock()

@@ -86,6 +86,22 @@ type gatedTokens struct {
 	release chan struct{}
 }
 
+// queryResult is what a query run by backgroundQueries answered.
+type queryResult struct {
+	n   int
+	err error
+}
+
+// backgroundQueries returns a function that runs a query of acct in the background and
+// the channel its results arrive on (room for two).
+func backgroundQueries(ctx context.Context, acct *carrier.Account) (func([]string), chan queryResult) {
+	results := make(chan queryResult, 2)
+	return func(cards []string) {
+		res, err := acct.Query(ctx, cards)
+		results <- queryResult{len(res), err}
+	}, results
+}
+
 func (g *gatedTokens) Tokens(ctx context.Context, account string, n int, prio bool) ([]time.Duration, error) {
 	offs, err := g.fakeTokens.Tokens(ctx, account, n, prio)
 	select {
@@ -112,15 +128,7 @@ func TestPartialQueryRidesWithATokenWait(t *testing.T) {
 	good, _ := goodCards(t, s, spec.ID, 20)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	type out struct {
-		n   int
-		err error
-	}
-	results := make(chan out, 2)
-	query := func(cards []string) {
-		res, err := acct.Query(ctx, cards)
-		results <- out{len(res), err}
-	}
+	query, results := backgroundQueries(ctx, acct)
 	go query(good[:10])
 	testcluster.WaitFor(t, 10*time.Second, "the first query asking for tokens", func() bool { ts.mu.Lock(); defer ts.mu.Unlock(); return len(ts.asked) == 1 })
 	go query(good[10:])
@@ -228,15 +236,7 @@ func TestTakeRoomFillsAWaitingPartialQuery(t *testing.T) {
 	if n := acct.TakeRoom(100); n != 0 {
 		t.Fatalf("room %d promised with no query waiting", n)
 	}
-	type out struct {
-		n   int
-		err error
-	}
-	results := make(chan out, 2)
-	query := func(cards []string) {
-		res, err := acct.Query(ctx, cards)
-		results <- out{len(res), err}
-	}
+	query, results := backgroundQueries(ctx, acct)
 	go query(good[:30])
 	testcluster.WaitFor(t, 10*time.Second, "the partial query asking for tokens", func() bool { ts.mu.Lock(); defer ts.mu.Unlock(); return len(ts.asked) == 1 })
 	if n := acct.TakeRoom(99); n != 70 {
