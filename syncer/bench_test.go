@@ -289,6 +289,9 @@ func quotaRun(b *testing.B, cards int, adjust func(*syncer.Config), fixed time.D
 		// bucket (a rate that went unused for want of work ready on the members).
 		dry, samples := map[string]int{}, 0
 		var dryAt []string // per sample, the accounts with none queued
+		// Per sample and account (the first three): shards claimed with at least a tenth
+		// of their cards on the account, and such shards due (running or not).
+		var runAt, leftAt [][3]int
 		deadline := time.Now().Add(4 * time.Minute)
 		for {
 			now := time.Now()
@@ -318,6 +321,25 @@ func quotaRun(b *testing.B, cards int, adjust func(*syncer.Config), fixed time.D
 					}
 				}
 				dryAt = append(dryAt, strings.Join(none, ","))
+				var run, left [3]int
+				if shards, err := l.Node().FSM().Shards(fsm.ShardFilter{}); err == nil {
+					for _, sh := range shards {
+						for _, ac := range sh.Accounts {
+							for k := range 3 {
+								if ac.Account != specs[k].ID || ac.Cards*10 < sh.Cards {
+									continue
+								}
+								if sh.Owner != "" {
+									run[k]++
+								}
+								if sh.Checkpoint.State == fsm.StateRunning || !sh.Checkpoint.NextRunAt.After(now) {
+									left[k]++
+								}
+							}
+						}
+					}
+				}
+				runAt, leftAt = append(runAt, run), append(leftAt, left)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -360,6 +382,25 @@ func quotaRun(b *testing.B, cards int, adjust func(*syncer.Config), fixed time.D
 				tenths = append(tenths, strings.Join(p, "/"))
 			}
 			b.Logf("by tenth of the window (%s/%s/%s): %s", specs[0].ID, specs[1].ID, specs[2].ID, strings.Join(tenths, " "))
+			// Shards claimed / due with each account's cards, mean by tenth.
+			var work []string
+			for d := range 10 {
+				lo, hi := d*len(runAt)/10, (d+1)*len(runAt)/10
+				var p []string
+				for k := range 3 {
+					r, l := 0, 0
+					for _, x := range runAt[lo:hi] {
+						r += x[k]
+					}
+					for _, x := range leftAt[lo:hi] {
+						l += x[k]
+					}
+					n := float64(max(1, hi-lo))
+					p = append(p, fmt.Sprintf("%.1f:%.0f", float64(r)/n, float64(l)/n))
+				}
+				work = append(work, strings.Join(p, "/"))
+			}
+			b.Logf("shards claimed:due with each account's cards, by tenth: %s", strings.Join(work, " "))
 		}
 		c.Close()
 	}

@@ -274,3 +274,49 @@ func TestOneWayPartitionedMemberGivesUpItsShare(t *testing.T) {
 	})
 	noQuotaViolations(t, c.Sim)
 }
+
+// A member without its quota share of an account (a cluster just started: a share
+// arrives after its grace period) leaves the account's shards due instead of claiming
+// them and releasing them with every card deferred.
+func TestNoShardClaimedBeforeItsQuotaShare(t *testing.T) {
+	t.Parallel()
+	specs := sim.DevAccounts()
+	for i := range specs {
+		// A slot for every member: no member is left without a share of any account.
+		specs[i].RatePerSec, specs[i].MaxConcurrent, specs[i].Cards = 4*specs[i].RatePerSec, max(specs[i].MaxConcurrent, 3), specs[i].Cards/8
+	}
+	c := testcluster.New(t, testcluster.Options{Nodes: 3, SimAccounts: specs})
+	var seen []string
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			l := c.Leader()
+			if l == nil {
+				continue
+			}
+			shards, err := l.Node().FSM().Shards(fsm.ShardFilter{})
+			if err != nil {
+				continue
+			}
+			for _, sh := range shards {
+				if strings.Contains(sh.Checkpoint.Reason, "no share of account") {
+					seen = append(seen, sh.ID+": "+sh.Checkpoint.Reason)
+				}
+			}
+		}
+	}()
+	waitAllSynced(t, c, 120*time.Second)
+	close(done)
+	<-stopped
+	if len(seen) > 0 {
+		t.Fatalf("%d samples of shards released for want of a quota share, first %s", len(seen), seen[0])
+	}
+	noQuotaViolations(t, c.Sim)
+}

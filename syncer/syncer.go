@@ -77,6 +77,9 @@ type Syncer struct {
 	groupWait atomic.Bool
 	backoff   map[string]backoffState
 	shares    map[string]Share
+	// revoked: this node's claims were revoked and it holds no share until a claim is
+	// granted to it again (updateShares), so it claims without one.
+	revoked bool
 	history   map[string][]timedShare // shares computed during the last grace period
 	wg        sync.WaitGroup
 	wake      chan struct{}
@@ -280,7 +283,9 @@ func (s *Syncer) poll(ctx context.Context) {
 			if owners[cutOff[sh.Group][0]] != me {
 				groupWait = true
 			}
-		case s.allBackedOff(sh, ents, start) || !s.anyAccountHere(sh, ents):
+		case !s.anyAccountUsable(sh, ents, start):
+			// every account of its cards is unusable here for now (no credentials,
+			// carrier backoff, no quota share yet)
 		default:
 			claimable = append(claimable, sh)
 		}
@@ -351,31 +356,42 @@ func (s *Syncer) deps() (map[string]fsm.Enterprise, map[string]fsm.Account) {
 	return ents, accts
 }
 
-// allBackedOff reports whether every account the shard's cards use is in carrier backoff.
-func (s *Syncer) allBackedOff(sh fsm.ShardState, ents map[string]fsm.Enterprise, now time.Time) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	any := false
-	for _, eid := range sh.Enterprises {
-		for _, a := range ents[eid].Accounts {
-			any = true
-			if b, ok := s.backoff[a]; !ok || !b.until.After(now) {
-				return false
+// anyAccountUsable reports whether this node can call at least one carrier account the
+// shard's cards use (those it has cards of, or its enterprises' accounts for a shard
+// without per-account counts): it has the account's credentials, the account is not in
+// carrier backoff and, with shared quotas, this node holds a share of it. A shard whose
+// cards would all be deferred is left unclaimed instead of being claimed, walked and
+// released with every card deferred: it is due still, and is claimed once an account
+// is usable (a share arrives after its grace period, a backoff ends) or by another node.
+// A node whose claims were revoked claims without a share: the grant lifts the mark
+// that keeps its share at zero.
+func (s *Syncer) anyAccountUsable(sh fsm.ShardState, ents map[string]fsm.Enterprise, now time.Time) bool {
+	var accts []string
+	for _, c := range sh.Accounts {
+		if c.Cards > 0 {
+			accts = append(accts, c.Account)
+		}
+	}
+	if len(sh.Accounts) == 0 {
+		for _, eid := range sh.Enterprises {
+			for _, a := range ents[eid].Accounts {
+				accts = append(accts, a)
 			}
 		}
 	}
-	return any
-}
-
-// anyAccountHere reports whether this node has a client for at least one account the
-// shard's cards use; a shard whose accounts have no credentials here is left to others.
-func (s *Syncer) anyAccountHere(sh fsm.ShardState, ents map[string]fsm.Enterprise) bool {
-	for _, eid := range sh.Enterprises {
-		for _, a := range ents[eid].Accounts {
-			if _, ok := s.accounts[a]; ok {
-				return true
-			}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, a := range accts {
+		if _, ok := s.accounts[a]; !ok {
+			continue
 		}
+		if b, ok := s.backoff[a]; ok && b.until.After(now) {
+			continue
+		}
+		if sh := s.shares[a]; s.cfg.ShareQuota && !s.revoked && (sh.RatePerSec <= 0 || sh.Concurrency <= 0) {
+			continue
+		}
+		return true
 	}
 	return false
 }
@@ -469,6 +485,7 @@ func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string,
 	}
 	s.mu.Lock()
 	s.shares = next
+	s.revoked = revoked
 	s.mu.Unlock()
 }
 
