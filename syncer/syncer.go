@@ -77,12 +77,12 @@ type Syncer struct {
 	groupWait atomic.Bool
 	backoff   map[string]backoffState
 	shares    map[string]Share
+	history   map[string][]timedShare // shares computed during the last grace period
+	wg        sync.WaitGroup
+	wake      chan struct{}
 	// revoked: this node's claims were revoked and it holds no share until a claim is
 	// granted to it again (updateShares), so it claims without one.
 	revoked bool
-	history map[string][]timedShare // shares computed during the last grace period
-	wg      sync.WaitGroup
-	wake    chan struct{}
 }
 
 type backoffState struct {
