@@ -1,6 +1,7 @@
 package syncer
 
 import (
+	"slices"
 	"strings"
 	"time"
 
@@ -72,15 +73,21 @@ func newCandidates(shards []fsm.ShardState, ents map[string]fsm.Enterprise, now 
 	return out
 }
 
-// pickNext returns the index of the candidate to try next given the node's load and,
-// per account, the seconds of due work left at the account's full rate (rem; nil counts
-// every account alike). An account with more work left counts as less busy, so once
-// every account has a shard here the next ones go where the backlog is longest and the
-// accounts' backlogs run out together instead of leaving one account idle at the end.
-func pickNext(cands []candidate, load accountLoad, rem map[string]float64) int {
-	maxRem := 0.0
+// pickNext returns the index of the candidate to try next given the running shards' load
+// and, per account, the seconds of due work left at the account's full rate (rem; nil
+// counts every account alike) and the queries per second its quota allows (capacity;
+// nil counts every account alike). An account with more work left counts as less busy,
+// so once every account has a shard running the next ones go where the backlog is
+// longest and the accounts' backlogs run out together instead of leaving one account
+// idle at the end. An account that allows fewer queries per second counts as busier per
+// shard: fewer shards keep its quota in use.
+func pickNext(cands []candidate, load accountLoad, rem, capacity map[string]float64) int {
+	maxRem, maxCap := 0.0, 0.0
 	for _, r := range rem {
 		maxRem = max(maxRem, r)
+	}
+	for _, c := range capacity {
+		maxCap = max(maxCap, c)
 	}
 	cost := func(c candidate) float64 {
 		x := 0.0
@@ -88,6 +95,9 @@ func pickNext(cands []candidate, load accountLoad, rem map[string]float64) int {
 			factor := 1.0
 			if r := rem[a]; r > 0 && maxRem > 0 {
 				factor = maxRem / r
+			}
+			if q := capacity[a]; q > 0 && maxCap > 0 {
+				factor *= maxCap / q
 			}
 			x += f * load[a] * factor
 		}
@@ -110,6 +120,82 @@ func pickNext(cands []candidate, load accountLoad, rem map[string]float64) int {
 	return best
 }
 
+// A group runs one shard at a time, and the ring spreads a group's shards over the
+// members: when a group comes free, each member sees only its own shards of it, and the
+// first to poll would start one of them, whichever account it mostly calls. Near the end
+// of a backlog that leaves an account's rate unused while its shards wait behind groups
+// busy with shards of an account that has plenty running. So the next shard of a group
+// that has just come free is chosen for the cluster as a whole (planGroups): every member
+// computes the same plan from the replicated claims and its ring, and claims only the
+// planned shards the ring gives it. A group that came free more than a grace period ago
+// (its planned member could not claim: at its worker bound, no share of the account)
+// is open to every member again.
+
+// planInput is what planGroups needs: the shards, their ring owners, and the groups left
+// out of the plan (a cut-off task resumes first).
+type planInput struct {
+	shards     []fsm.ShardState
+	owners     map[string]string
+	ents       map[string]fsm.Enterprise
+	hold       map[int]bool
+	rem        map[string]float64
+	capacity   map[string]float64
+	now        time.Time
+	maxDueWait time.Duration
+	grace      time.Duration
+	maxWorkers int
+}
+
+// planGroups returns, per group that came free within the grace period, the shard that
+// runs next: one group at a time, the due shard whose accounts the cluster's running
+// shards (every live claim) are least busy on (pickNext), skipping shards whose ring
+// owner already runs maxWorkers shards.
+func planGroups(in planInput) map[int]string {
+	live := map[int]bool{}
+	since := map[int]time.Time{}
+	running := map[string]int{}
+	load := accountLoad{}
+	for _, sh := range in.shards {
+		if sh.LiveClaim(in.now) {
+			live[sh.Group] = true
+			running[sh.Owner]++
+			load.add(accountFractions(sh, in.ents))
+		}
+		// The group came free when its last shard was released or finished, or when a
+		// shard of it fell due.
+		t := sh.Checkpoint.UpdatedAt
+		if due(sh, in.now) && sh.Checkpoint.NextRunAt.After(t) {
+			t = sh.Checkpoint.NextRunAt
+		}
+		if t.After(since[sh.Group]) {
+			since[sh.Group] = t
+		}
+	}
+	var free []fsm.ShardState
+	for _, sh := range in.shards {
+		g := sh.Group
+		if !due(sh, in.now) || live[g] || in.hold[g] || in.owners[sh.ID] == "" || in.now.Sub(since[g]) >= in.grace {
+			continue
+		}
+		free = append(free, sh)
+	}
+	cands := newCandidates(free, in.ents, in.now, in.maxDueWait)
+	plan := map[int]string{}
+	for len(cands) > 0 {
+		i := pickNext(cands, load, in.rem, in.capacity)
+		c := cands[i]
+		if o := in.owners[c.sh.ID]; running[o] >= in.maxWorkers {
+			cands = slices.Delete(cands, i, i+1)
+			continue
+		}
+		plan[c.sh.Group] = c.sh.ID
+		running[in.owners[c.sh.ID]]++
+		load.add(c.fr)
+		cands = slices.DeleteFunc(cands, func(o candidate) bool { return o.sh.Group == c.sh.Group })
+	}
+	return plan
+}
+
 func before(a candidate, ac, al float64, b candidate, bc, bl float64) bool {
 	if a.first != b.first {
 		return a.first
@@ -124,6 +210,17 @@ func before(a candidate, ac, al float64, b candidate, bc, bl float64) bool {
 		return a.sh.Checkpoint.NextRunAt.Before(b.sh.Checkpoint.NextRunAt)
 	}
 	return strings.Compare(a.sh.ID, b.sh.ID) < 0
+}
+
+// queryCapacity is, per account, the batch queries per second its quota allows.
+func queryCapacity(accts map[string]fsm.Account) map[string]float64 {
+	out := map[string]float64{}
+	for id, a := range accts {
+		if a.RatePerSec > 0 {
+			out[id] = a.RatePerSec / float64(carrier.CallsPerQuery(a.Carrier))
+		}
+	}
+	return out
 }
 
 // remainingWork is, per account, the cards of the due shards (all owners) divided by the

@@ -91,7 +91,7 @@ func TestClaimOrderSpreadsAccounts(t *testing.T) {
 			cands := newCandidates(tt.due, nil, now, time.Hour)
 			var got []string
 			for len(cands) > 0 {
-				c := cands[pickNext(cands, load, tt.rem)]
+				c := cands[pickNext(cands, load, tt.rem, nil)]
 				got = append(got, c.sh.ID)
 				load.add(c.fr)
 				cands = slices.DeleteFunc(cands, func(o candidate) bool { return o.sh.ID == c.sh.ID })
@@ -113,5 +113,77 @@ func TestAccountFractionsWithoutCounts(t *testing.T) {
 	got := accountFractions(fsm.ShardState{Cards: 10, Enterprises: []string{"e1", "e2"}}, ents)
 	if got["cmcc"] != 0.75 || got["cucc"] != 0.25 || len(got) != 2 {
 		t.Fatalf("fractions %v", got)
+	}
+}
+
+// TestPlanGroups: the next shard of a group that has just come free is chosen for the
+// whole cluster, from every member's due shards of the group, so that the running
+// shards keep every account busy; a group left free past the grace period, held for a
+// cut-off task or running a shard is not planned, and a member at its worker bound is
+// planned no more shards.
+func TestPlanGroups(t *testing.T) {
+	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	shard := func(id string, group int, acct string, freed time.Duration) fsm.ShardState {
+		return fsm.ShardState{ID: id, Group: group, Cards: 500, Accounts: []fsm.AccountCards{{Account: acct, Cards: 500}},
+			Enterprises: []string{"e1"}, Checkpoint: fsm.Checkpoint{State: fsm.StateIdle, NextRunAt: now.Add(-time.Hour), UpdatedAt: now.Add(-freed)}}
+	}
+	claimed := func(sh fsm.ShardState, owner string) fsm.ShardState {
+		sh.Owner, sh.LeaseUntil = owner, now.Add(time.Minute)
+		sh.Checkpoint.State = fsm.StateRunning
+		return sh
+	}
+	tests := []struct {
+		name       string
+		shards     []fsm.ShardState
+		owners     map[string]string
+		hold       map[int]bool
+		maxWorkers int
+		want       map[int]string
+	}{
+		{
+			name: "the account with nothing running goes first, whichever member owns the shard",
+			shards: []fsm.ShardState{
+				claimed(shard("r1", 1, "cmcc", 0), "a"), claimed(shard("r2", 2, "cmcc", 0), "b"),
+				shard("g3-a", 3, "cmcc", time.Second), shard("g3-b", 3, "cucc", time.Second),
+				shard("g4-a", 4, "cmcc", time.Second), shard("g4-b", 4, "ctcc", time.Second),
+			},
+			owners: map[string]string{"g3-a": "a", "g3-b": "b", "g4-a": "a", "g4-b": "b"},
+			want:   map[int]string{3: "g3-b", 4: "g4-b"},
+		},
+		{
+			name: "free past the grace period, held or running: not planned",
+			shards: []fsm.ShardState{
+				claimed(shard("r1", 1, "cmcc", 0), "a"), shard("g1-x", 1, "cucc", time.Second),
+				shard("g2-a", 2, "cucc", time.Minute),
+				shard("g3-a", 3, "cucc", time.Second),
+				shard("g4-a", 4, "cucc", time.Second),
+			},
+			owners: map[string]string{"g1-x": "a", "g2-a": "a", "g3-a": "a", "g4-a": "b"},
+			hold:   map[int]bool{3: true},
+			want:   map[int]string{4: "g4-a"},
+		},
+		{
+			name: "a member at its worker bound gets no more",
+			shards: []fsm.ShardState{
+				claimed(shard("r1", 1, "cmcc", 0), "a"),
+				shard("g2-a", 2, "cucc", time.Second), shard("g2-b", 2, "cmcc", time.Second),
+			},
+			owners:     map[string]string{"g2-a": "a", "g2-b": "b"},
+			maxWorkers: 1,
+			want:       map[int]string{2: "g2-b"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mw := tt.maxWorkers
+			if mw == 0 {
+				mw = 16
+			}
+			got := planGroups(planInput{shards: tt.shards, owners: tt.owners, hold: tt.hold, now: now,
+				maxDueWait: 24 * time.Hour, grace: 3 * time.Second, maxWorkers: mw})
+			if !maps.Equal(got, tt.want) {
+				t.Fatalf("plan %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

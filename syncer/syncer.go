@@ -253,6 +253,16 @@ func (s *Syncer) poll(ctx context.Context) {
 			cutOff[sh.Group] = append(cutOff[sh.Group], sh.ID)
 		}
 	}
+	// The next shard of each group that has just come free, for the whole cluster
+	// (order.go): this node claims the planned shards the ring gives it.
+	rem := remainingWork(shards, accts, start)
+	capacity := queryCapacity(accts)
+	hold := map[int]bool{}
+	for g := range cutOff {
+		hold[g] = true
+	}
+	plan := planGroups(planInput{shards: shards, owners: owners, ents: ents, hold: hold, rem: rem, capacity: capacity,
+		now: start, maxDueWait: s.cfg.MaxDueWait, grace: s.shareGrace(), maxWorkers: s.cfg.MaxWorkers})
 	// The due shards this node may claim now; of those, unfinished tasks and overdue
 	// shards first, then the shards whose carrier accounts this node is least busy on
 	// (order.go).
@@ -283,6 +293,8 @@ func (s *Syncer) poll(ctx context.Context) {
 			if owners[cutOff[sh.Group][0]] != me {
 				groupWait = true
 			}
+		case plan[sh.Group] != "" && plan[sh.Group] != sh.ID:
+			// the cluster's plan starts another shard of the group
 		case !s.anyAccountUsable(sh, ents, start):
 			// every account of its cards is unusable here for now (no credentials,
 			// carrier backoff, no quota share yet)
@@ -291,12 +303,8 @@ func (s *Syncer) poll(ctx context.Context) {
 		}
 	}
 	cands := newCandidates(claimable, ents, start, s.cfg.MaxDueWait)
-	var rem map[string]float64
-	if len(cands) > 1 {
-		rem = remainingWork(shards, accts, start)
-	}
 	for len(cands) > 0 && len(runningHere) < s.cfg.MaxWorkers {
-		c := cands[pickNext(cands, load, rem)]
+		c := cands[pickNext(cands, load, rem, capacity)]
 		sh := c.sh
 		cands = slices.DeleteFunc(cands, func(o candidate) bool { return o.sh.ID == sh.ID })
 		claim := fsm.Claim{Shard: sh.ID, Node: me, Epoch: sh.Epoch, Lease: s.cfg.Lease}

@@ -68,6 +68,13 @@ type Config struct {
 	HoldOff time.Duration
 	// Safety is the fraction of each account's rate the bucket runs at.
 	Safety float64
+	// Spread is the spread between a token's grant and the carrier seeing its call that
+	// an account with a burst of 1 is given room for: such an account has no token to
+	// keep back for it (one of a larger burst is), so the bucket spaces its grants
+	// Spread more than the rate asks. Two calls granted one interval apart would
+	// otherwise reach the carrier closer together whenever the first is slower on its
+	// way than the second, and a carrier with a burst of 1 refuses the second.
+	Spread time.Duration
 	// MaxWait bounds how far ahead a grant may be queued; a request whose tokens would
 	// come later is told to ask again.
 	MaxWait time.Duration
@@ -81,7 +88,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{HoldOff: 1500 * time.Millisecond, Safety: 0.995, MaxWait: 10 * time.Second}
+	return Config{HoldOff: 1500 * time.Millisecond, Safety: 0.995, Spread: 50 * time.Millisecond, MaxWait: 10 * time.Second}
 }
 
 // Validate checks the configuration.
@@ -93,6 +100,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: safety %v: want (0, 1]", ErrInvalidConfig, c.Safety)
 	case c.MaxWait <= 0:
 		return fmt.Errorf("%w: max wait must be positive", ErrInvalidConfig)
+	case c.Spread < 0:
+		return fmt.Errorf("%w: spread %v must be >= 0", ErrInvalidConfig, c.Spread)
 	}
 	return nil
 }
@@ -383,7 +392,12 @@ func needFor(lim *rate.Limiter, now time.Time, n int) time.Duration {
 
 // bucketLocked returns the account's bucket, created empty or updated to its limits.
 func (s *Server) bucketLocked(account string, lim Limits, now time.Time) *bucket {
-	r := rate.Limit(lim.RatePerSec * s.cfg.Safety)
+	perSec := lim.RatePerSec * s.cfg.Safety
+	if lim.Burst <= 1 && perSec > 0 && s.cfg.Spread > 0 {
+		// No token to keep back: the interval between grants takes the spread instead.
+		perSec = 1 / (1/perSec + s.cfg.Spread.Seconds())
+	}
+	r := rate.Limit(perSec)
 	// One token of the account's burst is kept back for the spread between the moment a
 	// token is granted and the moment the carrier sees the call.
 	burst := max(1, lim.Burst-1)

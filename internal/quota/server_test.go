@@ -116,13 +116,14 @@ func TestStepDownEndsWaits(t *testing.T) {
 }
 
 // leadingServer returns a server leading from now, without hold-off, whose every
-// account has the given rate (burst 1) at full rate (safety 1); maxWait 0 keeps the
-// default.
+// account has the given rate (burst 1) at full rate (safety 1, no spread); maxWait 0
+// keeps the default.
 func leadingServer(t *testing.T, rate float64, maxWait time.Duration) *Server {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.HoldOff = 0
 	cfg.Safety = 1
+	cfg.Spread = 0
 	if maxWait > 0 {
 		cfg.MaxWait = maxWait
 	}
@@ -327,5 +328,41 @@ func TestTurnAfterDeadlineIsRefused(t *testing.T) {
 	}
 	if g := s.Stats().Granted["acct"]; g != 3 {
 		t.Fatalf("%d tokens granted, want only the prioritized 3", g)
+	}
+}
+
+// TestBurstOfOneSpacesGrantsBySpread: an account with a burst of 1 has no token to keep
+// back for the spread between grant and call, so its grants come 1/rate + Spread apart.
+func TestBurstOfOneSpacesGrantsBySpread(t *testing.T) {
+	for _, tt := range []struct {
+		burst   int
+		minStep time.Duration
+	}{
+		{1, 200*time.Millisecond + 50*time.Millisecond}, // 1/5 s + Spread
+		{3, 0},                                          // a token kept back instead
+	} {
+		cfg := DefaultConfig()
+		cfg.HoldOff, cfg.Safety = 0, 1
+		s, err := NewServer(cfg, func(string) (Limits, bool) { return Limits{RatePerSec: 5, Burst: tt.burst}, true }, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now()
+		s.Lead(now)
+		var due []time.Time
+		for range 4 {
+			w := enqueueAndWait(t, s, Request{Node: "n1", Account: "acct", Count: 1}, now)
+			due = append(due, w.due...)
+		}
+		for i := 1; i < len(due); i++ {
+			step := due[i].Sub(due[i-1])
+			if tt.minStep > 0 && step < tt.minStep-time.Millisecond {
+				t.Fatalf("burst %d: grants %v apart, want at least %v", tt.burst, step, tt.minStep)
+			}
+			if tt.minStep == 0 && step > 201*time.Millisecond {
+				t.Fatalf("burst %d: grants %v apart, want the rate's 200ms", tt.burst, step)
+			}
+		}
+		s.Follow()
 	}
 }
