@@ -339,7 +339,7 @@ func TestBurstOfOneSpacesGrantsBySpread(t *testing.T) {
 		minStep time.Duration
 	}{
 		{1, 200*time.Millisecond + 50*time.Millisecond}, // 1/5 s + Spread
-		{3, 0},                                          // a token kept back instead
+		{3, 0}, // a token kept back instead
 	} {
 		cfg := DefaultConfig()
 		cfg.HoldOff, cfg.Safety = 0, 1
