@@ -20,7 +20,10 @@ type Config struct {
 	// after this many processed cards or this much time, and on every exit.
 	FlushEvery    int
 	FlushInterval time.Duration
-	// MaxWorkers bounds how many shards (of different groups) one node works at once.
+	// MaxWorkers bounds how many shards (of different groups) one node starts working at
+	// once. A task cut off by its owner's death is resumed beyond it, so a takeover never
+	// waits for one of the survivor's own shards to finish; those are at most the dead
+	// member's own workers.
 	MaxWorkers int
 	// MaxDueWait is how long a due shard may be passed over for shards whose carrier
 	// accounts this node is less busy on (order.go); past it, shards go oldest first.

@@ -30,7 +30,7 @@ func TestSplitShareGivesRateToSlotHolders(t *testing.T) {
 			var rate float64
 			conc := 0
 			for name := range tt.fracs {
-				sh := splitShare(name, "acct", tt.fracs, tt.rate, tt.burst, tt.conc, false)
+				sh := splitShare(name, "acct", tt.fracs, nil, tt.rate, tt.burst, tt.conc, false)
 				if sh.Concurrency != tt.wantConc[name] {
 					t.Errorf("%s: concurrency %d, want %d", name, sh.Concurrency, tt.wantConc[name])
 				}
@@ -50,15 +50,20 @@ func TestSplitShareGivesRateToSlotHolders(t *testing.T) {
 	}
 }
 
-// TestEvenSlotsStayPut: with the shared token buckets the slots are split evenly between
-// the owners with work, whatever their fractions, so they do not move while the
-// fractions drift; they never add up to more than the account allows, and the rate still
-// goes only to owners with a slot.
+// TestEvenSlotsStayPut: with the shared token buckets the slots are split evenly, so they
+// do not move while the fractions drift: between every member when the account has a
+// slot for each (a member without work keeps its slot, to call at once when work comes
+// to it), otherwise between the owners with work. They never add up to more than the
+// account allows, and the rate shown follows the slots.
 func TestEvenSlotsStayPut(t *testing.T) {
 	split := func(fracs map[string]float64, conc int) (map[string]int, float64) {
+		var members []string
+		for name := range fracs {
+			members = append(members, name)
+		}
 		got, rate := map[string]int{}, 0.0
 		for name := range fracs {
-			sh := splitShare(name, "acct", fracs, 10, 5, conc, true)
+			sh := splitShare(name, "acct", fracs, members, 10, 5, conc, true)
 			got[name] = sh.Concurrency
 			rate += sh.RatePerSec
 			if (sh.Concurrency == 0) != (sh.RatePerSec == 0) {
@@ -68,15 +73,17 @@ func TestEvenSlotsStayPut(t *testing.T) {
 		return got, rate
 	}
 	tests := []struct {
-		name  string
-		conc  int
-		fracs []map[string]float64 // drifting fractions: the split must not change
-		total int
+		name     string
+		conc     int
+		fracs    []map[string]float64 // drifting fractions: the split must not change
+		total    int
+		idleNone bool // members without work get no slot
 	}{
-		{"six slots, three owners", 6, []map[string]float64{{"a": 0.36, "b": 0.33, "c": 0.31}, {"a": 0.45, "b": 0.33, "c": 0.22}, {"a": 0.2, "b": 0.1, "c": 0.7}}, 6},
-		{"six slots, four owners", 6, []map[string]float64{{"a": 0.16, "b": 0.32, "c": 0.16, "d": 0.36}, {"a": 0.27, "b": 0.29, "c": 0.24, "d": 0.2}}, 6},
-		{"one slot, three owners", 1, []map[string]float64{{"a": 0.17, "b": 0.34, "c": 0.49}, {"a": 0.5, "b": 0.3, "c": 0.2}}, 1},
-		{"idle owner gets none", 6, []map[string]float64{{"a": 0.7, "b": 0.3, "c": 0}, {"a": 0.1, "b": 0.9, "c": 0}}, 6},
+		{"six slots, three owners", 6, []map[string]float64{{"a": 0.36, "b": 0.33, "c": 0.31}, {"a": 0.45, "b": 0.33, "c": 0.22}, {"a": 0.2, "b": 0.1, "c": 0.7}}, 6, false},
+		{"six slots, four owners", 6, []map[string]float64{{"a": 0.16, "b": 0.32, "c": 0.16, "d": 0.36}, {"a": 0.27, "b": 0.29, "c": 0.24, "d": 0.2}}, 6, false},
+		{"one slot, three owners", 1, []map[string]float64{{"a": 0.17, "b": 0.34, "c": 0.49}, {"a": 0.5, "b": 0.3, "c": 0.2}}, 1, false},
+		{"a slot for every member: the idle one keeps its own", 6, []map[string]float64{{"a": 0.7, "b": 0.3, "c": 0}, {"a": 0.1, "b": 0.9, "c": 0}, {"a": 0.4, "b": 0.3, "c": 0.3}}, 6, false},
+		{"fewer slots than members: only owners with work", 2, []map[string]float64{{"a": 0.7, "b": 0.3, "c": 0}, {"a": 0.1, "b": 0.9, "c": 0}}, 2, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -89,8 +96,11 @@ func TestEvenSlotsStayPut(t *testing.T) {
 					if n != first[name] {
 						t.Errorf("fractions %v: %s has %d slots, %d before the drift", fr, name, n, first[name])
 					}
-					if fr[name] == 0 && n != 0 {
+					if tt.idleNone && fr[name] == 0 && n != 0 {
 						t.Errorf("%s has no work but %d slots", name, n)
+					}
+					if !tt.idleNone && tt.conc >= len(fr) && n == 0 {
+						t.Errorf("%s has no slot though the account has one for every member", name)
 					}
 				}
 				if sum != tt.total {

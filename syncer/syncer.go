@@ -303,10 +303,16 @@ func (s *Syncer) poll(ctx context.Context) {
 		}
 	}
 	cands := newCandidates(claimable, ents, start, s.cfg.MaxDueWait)
-	for len(cands) > 0 && len(runningHere) < s.cfg.MaxWorkers {
+	for len(cands) > 0 {
 		c := cands[pickNext(cands, load, rem, capacity)]
 		sh := c.sh
 		cands = slices.DeleteFunc(cands, func(o candidate) bool { return o.sh.ID == sh.ID })
+		if len(runningHere) >= s.cfg.MaxWorkers && !slices.Contains(cutOff[sh.Group], sh.ID) {
+			// At the worker bound only a cut-off task is taken: a dead member's
+			// unfinished tasks resume at once, whatever this node runs (they are at most
+			// the dead member's own workers).
+			continue
+		}
 		claim := fsm.Claim{Shard: sh.ID, Node: me, Epoch: sh.Epoch, Lease: s.cfg.Lease}
 		if sh.Checkpoint.State != fsm.StateRunning {
 			// Claim 6 on the fast path: with the dependency data ready, the claim starts
@@ -476,7 +482,7 @@ func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string,
 		if s.cfg.ShareQuota {
 			rate *= s.cfg.QuotaSafety
 		}
-		sh := splitShare(me, id, fracs, rate, q.Burst, q.Concurrency, s.cfg.SharedTokens)
+		sh := splitShare(me, id, fracs, members, rate, q.Burst, q.Concurrency, s.cfg.SharedTokens)
 		if s.cfg.ShareQuota && (revoked || outOfContact) {
 			// Cut off from the leader (partitioned, or paused and not yet aware of it),
 			// this node's view of the ring and the claims may be stale and could make it
@@ -602,20 +608,42 @@ type timedShare struct {
 // fewer slots than owners (Cisco allows one call at a time) would leave the rate of the
 // slotless owners unused and run far below its quota. Every node computes the same split
 // from the same inputs, so the parts never add up to more than the account allows.
-func splitShare(me, account string, fracs map[string]float64, rate float64, burst, concurrency int, even bool) Share {
+//
+// With the leader's shared token buckets (even) the rate is not split to limit calls
+// (every call's tokens come from the leader), and the slots are split evenly (evenSlots):
+// between every member of the ring when the account has a slot for each, so that a member
+// that gains work of the account (a dead member's shards, a shard newly due) calls at
+// once instead of waiting the grace period for a slot; otherwise between the owners with
+// work. The rate and burst shown for the share follow the slots.
+func splitShare(me, account string, fracs map[string]float64, members []string, rate float64, burst, concurrency int, even bool) Share {
 	sh := Share{Fraction: fracs[me]}
 	slots := max(concurrency, 1)
-	slotsOf := func(name string) int { return slotsFor(name, fracs, slots) }
 	if even {
-		slotsOf = func(name string) int { return evenSlots(name, account, fracs, slots) }
+		holders := members
+		if slots < len(members) || !slices.Contains(members, me) {
+			holders = nil
+			for name, f := range fracs {
+				if f > 0 {
+					holders = append(holders, name)
+				}
+			}
+		}
+		sh.Concurrency = evenSlots(me, account, holders, slots)
+		if sh.Concurrency == 0 || rate <= 0 {
+			return Share{Fraction: sh.Fraction}
+		}
+		part := float64(sh.Concurrency) / float64(slots)
+		sh.RatePerSec = rate * part
+		sh.Burst = max(1, int(float64(max(burst, 1))*part))
+		return sh
 	}
-	sh.Concurrency = slotsOf(me)
+	sh.Concurrency = slotsFor(me, fracs, slots)
 	if sh.Fraction <= 0 || sh.Concurrency == 0 || rate <= 0 {
 		return Share{Fraction: sh.Fraction}
 	}
 	withSlot := 0.0
 	for name, f := range fracs {
-		if f > 0 && slotsOf(name) > 0 {
+		if f > 0 && slotsFor(name, fracs, slots) > 0 {
 			withSlot += f
 		}
 	}
@@ -625,28 +653,26 @@ func splitShare(me, account string, fracs map[string]float64, rate float64, burs
 	return sh
 }
 
-// evenSlots splits concurrency slots evenly between the owners with work, the remainder
-// to the first owners in an order fixed per account (a hash of account and name), so
-// the split moves only when an owner gains or runs out of work, not with every shard
-// finished. That is the split with the leader's shared token buckets: the rate is not
-// split, and a slot held by any owner with work keeps a request queued at the leader;
-// a split by the fractions moved slots between owners every few seconds of a backlog,
-// and each move held the gaining owner back for the call grace (in force, the slots
-// added up to less than the account allows for most of the rebalance benchmark).
-func evenSlots(me, account string, fracs map[string]float64, slots int) int {
+// evenSlots splits concurrency slots evenly between the holders, the remainder to the
+// first holders in an order fixed per account (a hash of account and name), so the split
+// moves only when a holder comes or goes, not with every shard finished. That is the
+// split with the leader's shared token buckets: the rate is not split, and a slot held by
+// any owner with work keeps a request queued at the leader; a split by the fractions
+// moved slots between owners every few seconds of a backlog, and each move held the
+// gaining owner back for the call grace (in force, the slots added up to less than the
+// account allows for most of the rebalance benchmark).
+func evenSlots(me, account string, holders []string, slots int) int {
 	type owner struct {
 		name string
 		key  uint64
 	}
 	var owners []owner
-	for name, f := range fracs {
-		if f > 0 {
-			h := fnv.New64a()
-			h.Write([]byte(account))
-			h.Write([]byte{0})
-			h.Write([]byte(name))
-			owners = append(owners, owner{name, h.Sum64()})
-		}
+	for _, name := range holders {
+		h := fnv.New64a()
+		h.Write([]byte(account))
+		h.Write([]byte{0})
+		h.Write([]byte(name))
+		owners = append(owners, owner{name, h.Sum64()})
 	}
 	sort.Slice(owners, func(i, j int) bool {
 		if owners[i].key != owners[j].key {
