@@ -6,6 +6,11 @@
 // the cluster is allowed is never stranded on a node whose running shards do not use
 // it, and the calls of all nodes together never exceed the bucket.
 //
+// A bucket runs at Config.Safety of the account's rate and keeps one token of the
+// account's burst back for the spread between a grant and the carrier seeing its call.
+// An account with a burst of 1 has none to keep back: its grants are spaced
+// Config.Spread more than its rate asks instead.
+//
 // Requests wait in a queue per account and take their tokens only when it is their turn
 // and a token is due, so a request given up while it waits (its node died, its query was
 // abandoned) costs nothing. Prioritized requests (Request.Priority: a shard round's first
