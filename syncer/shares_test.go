@@ -179,3 +179,21 @@ func TestPhaseShareHoldsSlotsForTheCallGrace(t *testing.T) {
 		}
 	}
 }
+
+// TestOffRingMemberHasNoSlot: with the shared token buckets the members on the ring share
+// every slot of an account that has one for each, so a member off the ring (not ready,
+// leaving) holds none, whatever work it still counts.
+func TestOffRingMemberHasNoSlot(t *testing.T) {
+	fracs := map[string]float64{"a": 0.4, "b": 0.3, "x": 0.3}
+	members := []string{"a", "b"}
+	if sh := splitShare("x", "acct", fracs, members, 10, 5, 6, true); sh.Concurrency != 0 || sh.RatePerSec != 0 {
+		t.Fatalf("off-ring member share %+v, want no slot", sh)
+	}
+	sum := 0
+	for _, m := range members {
+		sum += splitShare(m, "acct", fracs, members, 10, 5, 6, true).Concurrency
+	}
+	if sum != 6 {
+		t.Fatalf("members on the ring hold %d slots, want 6", sum)
+	}
+}

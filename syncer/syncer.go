@@ -619,8 +619,12 @@ func splitShare(me, account string, fracs map[string]float64, members []string, 
 	sh := Share{Fraction: fracs[me]}
 	slots := max(concurrency, 1)
 	if even {
+		if len(members) > 0 && !slices.Contains(members, me) {
+			// Off the ring (not ready, leaving): the members on it share every slot.
+			return Share{Fraction: sh.Fraction}
+		}
 		holders := members
-		if slots < len(members) || !slices.Contains(members, me) {
+		if slots < len(members) {
 			holders = nil
 			for name, f := range fracs {
 				if f > 0 {
