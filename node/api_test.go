@@ -401,8 +401,10 @@ func TestMetricsExposition(t *testing.T) {
 	c.WaitStable(15 * time.Second)
 	n := c.Members[0].Node()
 	base := "http://" + n.HTTPAddr()
-	testcluster.WaitFor(t, 30*time.Second, "carrier calls made", func() bool {
-		return counterValue(t, n, "cardsync_carrier_calls_total") > 0
+	// A round's counter appears when the first round ends: shards are claimed only once
+	// the node holds its quota shares, so that comes a little after the first calls.
+	testcluster.WaitFor(t, 60*time.Second, "carrier calls made and a round ended", func() bool {
+		return counterValue(t, n, "cardsync_carrier_calls_total") > 0 && counterValue(t, n, "cardsync_syncer_rounds_total") > 0
 	})
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
