@@ -286,7 +286,7 @@ func TestNoShardClaimedBeforeItsQuotaShare(t *testing.T) {
 	specs := sim.DevAccounts()
 	for i := range specs {
 		// A slot for every member: no member is left without a share of any account.
-		specs[i].RatePerSec, specs[i].MaxConcurrent, specs[i].Cards = 4*specs[i].RatePerSec, max(specs[i].MaxConcurrent, 3), specs[i].Cards/8
+		specs[i].MaxConcurrent, specs[i].Cards = max(specs[i].MaxConcurrent, 3), specs[i].Cards/8
 	}
 	c := testcluster.New(t, testcluster.Options{Nodes: 3, SimAccounts: specs})
 	released := map[string]string{} // shard -> reason
