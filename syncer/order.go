@@ -184,12 +184,13 @@ func planGroups(in planInput) map[int]string {
 	for len(cands) > 0 {
 		i := pickNext(cands, load, in.rem, in.capacity)
 		c := cands[i]
-		if o := in.owners[c.sh.ID]; running[o] >= in.maxWorkers {
+		owner := in.owners[c.sh.ID]
+		if running[owner] >= in.maxWorkers {
 			cands = slices.Delete(cands, i, i+1)
 			continue
 		}
 		plan[c.sh.Group] = c.sh.ID
-		running[in.owners[c.sh.ID]]++
+		running[owner]++
 		load.add(c.fr)
 		cands = slices.DeleteFunc(cands, func(o candidate) bool { return o.sh.Group == c.sh.Group })
 	}

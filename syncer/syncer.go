@@ -80,9 +80,6 @@ type Syncer struct {
 	history   map[string][]timedShare // shares computed during the last grace period
 	wg        sync.WaitGroup
 	wake      chan struct{}
-	// revoked: this node's claims were revoked and it holds no share until a claim is
-	// granted to it again (updateShares), so it claims without one.
-	revoked bool
 }
 
 type backoffState struct {
@@ -226,7 +223,7 @@ func (s *Syncer) poll(ctx context.Context) {
 	s.mu.Unlock()
 
 	ents, accts := s.deps()
-	s.updateShares(shards, owners, ents, accts, start)
+	revoked := s.updateShares(shards, owners, ents, accts, start)
 	if maint || !ready {
 		return
 	}
@@ -295,7 +292,7 @@ func (s *Syncer) poll(ctx context.Context) {
 			}
 		case plan[sh.Group] != "" && plan[sh.Group] != sh.ID:
 			// the cluster's plan starts another shard of the group
-		case !s.anyAccountUsable(sh, ents, start):
+		case !s.anyAccountUsable(sh, ents, revoked, start):
 			// every account of its cards is unusable here for now (no credentials,
 			// carrier backoff, no quota share yet)
 		default:
@@ -370,42 +367,38 @@ func (s *Syncer) deps() (map[string]fsm.Enterprise, map[string]fsm.Account) {
 	return ents, accts
 }
 
-// anyAccountUsable reports whether this node can call at least one carrier account the
-// shard's cards use (those it has cards of, or its enterprises' accounts for a shard
-// without per-account counts): it has the account's credentials, the account is not in
-// carrier backoff and, with shared quotas, this node holds a share of it. A shard whose
-// cards would all be deferred is left unclaimed instead of being claimed, walked and
-// released with every card deferred: it is due still, and is claimed once an account
-// is usable (a share arrives after its grace period, a backoff ends) or by another node.
-// A node whose claims were revoked claims without a share: the grant lifts the mark
-// that keeps its share at zero.
-func (s *Syncer) anyAccountUsable(sh fsm.ShardState, ents map[string]fsm.Enterprise, now time.Time) bool {
-	var accts []string
-	for _, c := range sh.Accounts {
-		if c.Cards > 0 {
-			accts = append(accts, c.Account)
+// unusable says why an account's cards cannot be queried from this node now ("" when
+// they can): no credentials here, carrier backoff, or (with shared quotas) no quota share.
+func (s *Syncer) unusable(account string, now time.Time) string {
+	if _, ok := s.accounts[account]; !ok {
+		return "account " + account + " has no credentials on this node"
+	}
+	if off, why := s.backedOff(account, now); off {
+		return why
+	}
+	if s.cfg.ShareQuota {
+		if sh := s.share(account); sh.RatePerSec <= 0 || sh.Concurrency <= 0 {
+			return quotaPrefix + " no share of account " + account + " on this node yet"
 		}
 	}
-	if len(sh.Accounts) == 0 {
-		for _, eid := range sh.Enterprises {
-			for _, a := range ents[eid].Accounts {
-				accts = append(accts, a)
-			}
-		}
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, a := range accts {
-		if _, ok := s.accounts[a]; !ok {
+	return ""
+}
+
+// anyAccountUsable reports whether this node can query at least one carrier account the
+// shard's cards use (accountFractions) now (unusable). A shard whose cards would all be
+// deferred is left unclaimed instead of being claimed, walked and released with every
+// card deferred: it is due still, and is claimed once an account is usable (a share
+// arrives after its grace period, a backoff ends) or by another node. A node whose claims
+// were revoked claims without a share: the grant lifts the mark that keeps its share at
+// zero.
+func (s *Syncer) anyAccountUsable(sh fsm.ShardState, ents map[string]fsm.Enterprise, revoked bool, now time.Time) bool {
+	for a, f := range accountFractions(sh, ents) {
+		if f <= 0 {
 			continue
 		}
-		if b, ok := s.backoff[a]; ok && b.until.After(now) {
-			continue
+		if why := s.unusable(a, now); why == "" || (revoked && strings.HasPrefix(why, quotaPrefix)) {
+			return true
 		}
-		if sh := s.shares[a]; s.cfg.ShareQuota && !s.revoked && (sh.RatePerSec <= 0 || sh.Concurrency <= 0) {
-			continue
-		}
-		return true
 	}
 	return false
 }
@@ -440,8 +433,9 @@ func (s *Syncer) share(account string) Share {
 // updateShares gives this node its part of each account's cluster-wide quota: the
 // fraction of the account's due work (cards in due shards) that the ring gives this node.
 // Every node computes the same split from the same replicated state and ring, so the
-// shares add up to the quota; when nothing is due the quota is split evenly.
-func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string, ents map[string]fsm.Enterprise, accts map[string]fsm.Account, now time.Time) {
+// shares add up to the quota; when nothing is due the quota is split evenly. It reports
+// whether the cluster has revoked this node.
+func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string, ents map[string]fsm.Enterprise, accts map[string]fsm.Account, now time.Time) (revoked bool) {
 	me := s.cluster.Name()
 	members := s.cluster.Ring().Members()
 	weight := shareWeights(shards, owners, ents, now)
@@ -499,8 +493,8 @@ func (s *Syncer) updateShares(shards []fsm.ShardState, owners map[string]string,
 	}
 	s.mu.Lock()
 	s.shares = next
-	s.revoked = revoked
 	s.mu.Unlock()
+	return revoked
 }
 
 // shareWeights returns, per account, each node's due work: the cards of the due shards it

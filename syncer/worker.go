@@ -405,7 +405,7 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 			w.pending++
 			s.m.cards.WithLabelValues("deferred").Inc()
 		default:
-			if why := w.usable(c.Account, now); why != "" {
+			if why := s.unusable(c.Account, now); why != "" {
 				w.deferred[c.Account] = why
 				w.failed++
 				w.pending++
@@ -425,23 +425,6 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 			return true, "", time.Time{}, err
 		}
 	}
-}
-
-// usable says why an account's cards cannot be queried now ("" when they can).
-func (w *worker) usable(account string, now time.Time) string {
-	s := w.s
-	if _, ok := s.accounts[account]; !ok {
-		return "account " + account + " has no credentials on this node"
-	}
-	if off, why := s.backedOff(account, now); off {
-		return why
-	}
-	if s.cfg.ShareQuota {
-		if sh := s.share(account); sh.RatePerSec <= 0 || sh.Concurrency <= 0 {
-			return quotaPrefix + " no share of account " + account + " on this node yet"
-		}
-	}
-	return ""
 }
 
 // call sends one batch query. It runs beside the walk, so it touches no worker state.
