@@ -223,6 +223,19 @@ func WithAbandon(ctx context.Context, ch <-chan struct{}) context.Context {
 	return context.WithValue(ctx, abandonKey{}, ch)
 }
 
+// callTimeoutKey carries a query's call timeout (see WithCallTimeout).
+type callTimeoutKey struct{}
+
+// WithCallTimeout bounds the queries made with ctx from the moment their calls may start
+// (a concurrency slot and the call tokens in hand) to their answer. The wait before that
+// is this node's own queue for the account's quota, not the carrier: it is not timed,
+// and ends with ctx or its abandon channel (WithAbandon). A query whose call tokens come
+// later than d after the first may be used is given up before any call, as rate limited
+// (its last calls would come after its timeout).
+func WithCallTimeout(ctx context.Context, d time.Duration) context.Context {
+	return context.WithValue(ctx, callTimeoutKey{}, d)
+}
+
 // preCallContext is ctx, also ended when its abandon channel closes.
 func preCallContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	ch, _ := ctx.Value(abandonKey{}).(<-chan struct{})
@@ -574,6 +587,11 @@ func (a *Account) Query(ctx context.Context, iccids []string) ([]Result, error) 
 	}
 	defer a.release()
 	defer rt.cancel()
+	if d, ok := ctx.Value(callTimeoutKey{}).(time.Duration); ok && d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
 	if late := rt.lateFor(ctx); late > 0 {
 		// A query whose later calls would come after its deadline would fetch the cards
 		// of its first call for nothing (the query fails, the next round fetches them

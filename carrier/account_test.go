@@ -400,3 +400,53 @@ func TestPartialQueriesShareACall(t *testing.T) {
 		t.Fatalf("%d cards answered", st.Cards)
 	}
 }
+
+// WithCallTimeout times a query from the moment its call may start: queries queued for
+// the account's one slot behind each other all get their answer though the last waits
+// longer than the timeout, and a call slower than the timeout still fails.
+func TestCallTimeoutStartsWithTheCall(t *testing.T) {
+	spec := testSpecs[1] // Unicom: one HTTP call per query
+	spec.RatePerSec, spec.Burst, spec.MaxConcurrent = 1000, 10, 1
+	s := startSim(t, []sim.AccountSpec{spec})
+	latency := func(d time.Duration) {
+		if err := s.SetFaults(spec.ID, sim.Faults{LatencyMin: sim.Duration(d), LatencyMax: sim.Duration(d)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	latency(150 * time.Millisecond)
+	acct, err := carrier.NewAccount(accountCfg(s, spec.ID), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acct.SetShare(1000, 10, 1)
+	cards := s.Cards(spec.ID)
+	full := func(i int) []string { // full batches: none rides in another's call
+		out := make([]string, acct.BatchSize())
+		for j := range out {
+			out[j] = cards[(i*len(out)+j)%len(cards)].ICCID
+		}
+		return out
+	}
+	ctx := carrier.WithCallTimeout(context.Background(), time.Second)
+	const queries = 8 // the last waits about 7 x 150 ms for the slot
+	errs := make(chan error, queries)
+	start := time.Now()
+	for i := 0; i < queries; i++ {
+		go func() {
+			_, err := acct.Query(ctx, full(i))
+			errs <- err
+		}()
+	}
+	for i := 0; i < queries; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("queued query: %v", err)
+		}
+	}
+	if took := time.Since(start); took < time.Second {
+		t.Skipf("the queries took %v, less than the call timeout: the queue was not long enough to tell", took)
+	}
+	latency(1500 * time.Millisecond)
+	if _, err := acct.Query(ctx, full(0)); carrier.KindOf(err) != carrier.KindTransient {
+		t.Fatalf("a call slower than its timeout: %v, want a transient failure", err)
+	}
+}

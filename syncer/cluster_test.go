@@ -338,3 +338,43 @@ func TestNoShardClaimedBeforeItsQuotaShare(t *testing.T) {
 	}
 	noQuotaViolations(t, c.Sim)
 }
+
+// A slow account does not hold up the other accounts' cards of the same shard: the walk
+// queues the slow account's full batches and reads on, so a shard's OneLink cards are
+// synced while its Cisco cards (one card a call, one call at a time, sorted first in the
+// shard) still wait their turn.
+func TestSlowAccountDoesNotHoldUpTheShard(t *testing.T) {
+	t.Parallel()
+	specs := sim.DevAccounts()
+	specs = []sim.AccountSpec{specs[0], specs[4]} // cmcc-east, cisco-global
+	specs[0].Cards = 600
+	specs[1].Cards, specs[1].RatePerSec, specs[1].Burst = 40, 2, 1
+	c := testcluster.New(t, testcluster.Options{Nodes: 1, SimAccounts: specs})
+	n := c.Members[0].Node()
+	left := -1 // Cisco cards unsynced when the last OneLink card was synced
+	testcluster.WaitFor(t, 60*time.Second, "every OneLink card synced", func() bool {
+		cards := allCards(t, n)
+		if len(cards) < len(c.Catalog.Cards) {
+			return false
+		}
+		onelink, cisco := 0, 0
+		for _, card := range cards {
+			if !card.SyncedAt.IsZero() {
+				continue
+			}
+			if card.Account == specs[1].ID {
+				cisco++
+			} else {
+				onelink++
+			}
+		}
+		left = cisco
+		return onelink == 0
+	})
+	t.Logf("%d of %d Cisco cards left when every OneLink card was synced", left, specs[1].Cards)
+	if left*10 < specs[1].Cards*9 {
+		t.Errorf("%d of %d Cisco cards left when every OneLink card was synced: the shards' OneLink cards waited for the Cisco queue", left, specs[1].Cards)
+	}
+	waitAllSynced(t, c, 120*time.Second)
+	noQuotaViolations(t, c.Sim)
+}

@@ -424,6 +424,14 @@ func (s *Syncer) backedOff(account string, now time.Time) (bool, string) {
 	return true, b.reason
 }
 
+// backoffUntil is when the account's backoff on this node ends (ok=false: none).
+func (s *Syncer) backoffUntil(account string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.backoff[account]
+	return b.until, ok
+}
+
 func (s *Syncer) share(account string) Share {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -751,6 +759,9 @@ func (s *Syncer) startWorker(ctx context.Context, shard string, epoch uint64) {
 }
 
 var errStopped = errors.New("worker stopped")
+
+// backoffPrefix starts the reason of cards deferred while their account is backed off.
+const backoffPrefix = "carrier backoff:"
 
 // quotaPrefix starts the reason of cards deferred for lack of a quota share.
 const quotaPrefix = "quota:"

@@ -209,7 +209,11 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 		flying    = map[string]*batch{} // account -> batch whose query is out
 		// riding: account -> cards carved off a full batch to fill another query's spare
 		// room (carrier.Account.TakeRoom); out beside the account's flying batch.
-		riding   = map[string]*batch{}
+		riding = map[string]*batch{}
+		// ready: account -> full batches waiting, oldest first, for the account's query
+		// out; the walk reads on past them (up to WindowCards) so that one slow account
+		// does not hold up the others' cards behind its own.
+		ready    = map[string][]*batch{}
 		answers  = make(chan answer, 2*len(s.accounts)+1)
 		stopping bool
 		failedAt = -1 // first position of a batch whose query failed
@@ -224,6 +228,9 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 		}
 		for _, b := range riding {
 			f = min(f, b.first)
+		}
+		for _, q := range ready {
+			f = min(f, q[0].first)
 		}
 		if failedAt >= 0 {
 			f = min(f, failedAt)
@@ -246,7 +253,6 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 	}
 	sent := map[string]bool{} // accounts queried in this round
 	dispatch := func(b *batch) {
-		delete(open, b.account)
 		flying[b.account] = b
 		// The round's first query of each account goes ahead of queries queued by
 		// shards that are already moving, so a shard just taken over or started
@@ -280,7 +286,23 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 		}
 		return w.maybeFlush(ctx)
 	}
-	wait := func() error { return receive(<-answers) }
+	// wait takes in the next answer. A walk that waits long (its queries queued behind
+	// other shards' for the account's quota) flushes every FlushInterval all the same:
+	// the flush renews the claim's lease.
+	wait := func() error {
+		for {
+			t := time.NewTimer(max(time.Millisecond, s.cfg.FlushInterval-s.cfg.Now().Sub(w.lastFlush)))
+			select {
+			case a := <-answers:
+				t.Stop()
+				return receive(a)
+			case <-t.C:
+				if err := w.flush(ctx, false, false, "", time.Time{}); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	full := func(b *batch) bool {
 		size := 1
 		if s.cfg.Batching {
@@ -315,33 +337,34 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 			}
 			continue
 		}
-		// A full batch goes out as soon as its account has no query in flight. While one
-		// is out, the batch's first cards may fill the spare room of a partial query of
-		// the account waiting for its tokens on this node (another shard's last batch):
-		// they ride in that query's call, which then goes out full.
-		blocked := false
+		// A full batch goes out as soon as its account has no query in flight; until then
+		// it waits in the account's ready queue and the walk reads on. While a query is
+		// out, the first cards of the account's oldest waiting batch may fill the spare
+		// room of a partial query of the account waiting for its tokens on this node
+		// (another shard's last batch): they ride in that query's call, which then goes
+		// out full.
 		for acct, b := range open {
-			if !full(b) {
-				continue
+			if full(b) {
+				ready[acct] = append(ready[acct], b)
+				delete(open, acct)
 			}
+		}
+		for acct, q := range ready {
 			if flying[acct] == nil {
-				dispatch(b)
-				continue
+				dispatch(q[0])
+				q = q[1:]
 			}
-			if riding[acct] == nil && s.cfg.Batching {
-				if n := s.accounts[acct].TakeRoom(len(b.cards) - 1); n > 0 {
-					riding[acct] = b.carve(n)
+			if len(q) > 0 && riding[acct] == nil && s.cfg.Batching {
+				if n := s.accounts[acct].TakeRoom(len(q[0].cards) - 1); n > 0 {
+					riding[acct] = q[0].carve(n)
 					send(riding[acct], false)
-					continue
 				}
 			}
-			blocked = true
-		}
-		if blocked {
-			if err := wait(); err != nil {
-				return true, "", time.Time{}, err
+			if len(q) == 0 {
+				delete(ready, acct)
+			} else {
+				ready[acct] = q
 			}
-			continue
 		}
 		if pi == len(page) && !exhausted {
 			page, err = s.state.ShardCards(w.shard, head, s.cfg.PageSize)
@@ -361,19 +384,20 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 			// the cursor back (at the end, every batch), full or not.
 			var oldest *batch
 			for _, b := range open {
-				if flying[b.account] == nil && (oldest == nil || b.first < oldest.first) {
+				if flying[b.account] == nil && len(ready[b.account]) == 0 && (oldest == nil || b.first < oldest.first) {
 					oldest = b
 				}
 			}
 			readOn := false
 			switch {
 			case oldest != nil && (exhausted || oldest.first == frontier()):
+				delete(open, oldest.account)
 				dispatch(oldest)
 			case len(flying)+len(riding) > 0:
 				if err := wait(); err != nil {
 					return true, "", time.Time{}, err
 				}
-			case exhausted && len(open) == 0:
+			case exhausted && len(open)+len(ready) == 0:
 				advance()
 				if w.stopped() {
 					return true, w.stopReason, time.Time{}, nil
@@ -428,8 +452,11 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 }
 
 // call sends one batch query. It runs beside the walk, so it touches no worker state.
-// The call gets its own deadline within the lease so a stuck carrier cannot outlive the
-// claim. It is not cut short when the node stops: a call the carrier has answered is
+// The call gets its own deadline within the lease, from the moment it may start, so a
+// stuck carrier cannot outlive the claim; the wait for a slot and tokens before that is
+// this node's queue for the account's quota and is not timed (the walk renews the lease
+// meanwhile), so a query waiting its turn behind other shards' is not taken for a carrier
+// failure. It is not cut short when the node stops: a call the carrier has answered is
 // flushed instead of being thrown away and fetched again by the next owner.
 func (w *worker) call(ctx context.Context, b *batch, first bool) ([]carrier.Result, error) {
 	s := w.s
@@ -437,8 +464,7 @@ func (w *worker) call(ctx context.Context, b *batch, first bool) ([]carrier.Resu
 	for i, c := range b.cards {
 		iccids[i] = c.ICCID
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Lease/2)
-	defer cancel()
+	cctx := carrier.WithCallTimeout(context.WithoutCancel(ctx), s.cfg.Lease/2)
 	// A query still waiting for a slot or its tokens when the worker is stopped (a
 	// handoff, the node stopping) is given up: nothing has been fetched yet.
 	cctx = carrier.WithAbandon(cctx, w.stopCh)
@@ -477,8 +503,8 @@ func (w *worker) record(ctx context.Context, a answer) (ok bool, reason string, 
 		default:
 			// Claim 8: rate limited or failed: save progress and leave this round.
 			d := acct.Backoff(callErr)
-			until := s.setBackoff(b.account, d, fmt.Sprintf("carrier backoff: account %s %s", b.account, kind))
-			return false, fmt.Sprintf("carrier backoff: account %s %s until %s", b.account, kind, until.UTC().Format(time.RFC3339)), until, nil
+			until := s.setBackoff(b.account, d, fmt.Sprintf("%s account %s %s", backoffPrefix, b.account, kind))
+			return false, fmt.Sprintf("%s account %s %s until %s", backoffPrefix, b.account, kind, until.UTC().Format(time.RFC3339)), until, nil
 		}
 	}
 	for i, c := range b.cards {
@@ -542,15 +568,22 @@ func (w *worker) deferredNextRun() time.Time {
 	if len(w.deferred) == 0 {
 		return time.Time{}
 	}
+	now := w.s.cfg.Now()
 	retry := w.s.cfg.DependencyRetry
-	for _, why := range w.deferred {
+	for acct, why := range w.deferred {
 		if strings.HasPrefix(why, quotaPrefix) {
 			// A quota share moves as soon as another node's backlog of the account
 			// drains: look again soon.
 			retry = min(retry, 5*w.s.cfg.PollInterval)
 		}
+		if until, ok := w.s.backoffUntil(acct); ok && strings.HasPrefix(why, backoffPrefix) {
+			// Deferred while another shard's call backed the account off: look again
+			// when the backoff ends (a second or so for a transient failure), not after
+			// the dependency retry.
+			retry = min(retry, max(until.Sub(now), w.s.cfg.PollInterval))
+		}
 	}
-	return w.s.cfg.Now().Add(retry)
+	return now.Add(retry)
 }
 
 func (w *worker) maybeFlush(ctx context.Context) error {
