@@ -577,6 +577,7 @@ func takeoverTrial(b *testing.B, c *testcluster.Cluster, restart bool) takeover 
 	var claimed time.Duration
 	finished := map[string]bool{}
 	movedAt := map[string]time.Duration{}
+	claimedAt := map[string]string{} // shard -> when a new owner claimed it, and that owner's slots of the shard's accounts
 	testcluster.WaitFor(b, 60*time.Second, "every shard of the killed member progressing under a new owner", func() bool {
 		l := c.Leader()
 		if l == nil {
@@ -598,6 +599,20 @@ func takeoverTrial(b *testing.B, c *testcluster.Cluster, restart bool) takeover 
 			moved := s.Checkpoint.Cursor != h.cursor || s.Checkpoint.State == fsm.StateDone || taskWork(s.Checkpoint) > h.work
 			if s.Epoch <= h.epoch || s.Owner == victim.Name {
 				allClaimed = false
+			} else if _, seen := claimedAt[id]; !seen && s.Owner != "" {
+				slots := ""
+				for _, m := range c.Up() {
+					if a := m.Agent(); m.Name == s.Owner && a != nil {
+						for _, sh := range a.Syncer.Shares() {
+							for _, ac := range s.Accounts {
+								if ac.Account == sh.Account && ac.Cards > 0 {
+									slots += fmt.Sprintf(" %s:%d", sh.Account, sh.Concurrency)
+								}
+							}
+						}
+					}
+				}
+				claimedAt[id] = fmt.Sprintf("claimed by %s after %v (slots%s)", s.Owner, time.Since(killed).Round(time.Millisecond), slots)
 			}
 			if s.Epoch <= h.epoch || !moved || s.Owner == victim.Name || !s.Checkpoint.UpdatedAt.After(killed) {
 				allMoved = false
@@ -612,20 +627,21 @@ func takeoverTrial(b *testing.B, c *testcluster.Cluster, restart bool) takeover 
 	})
 	took := time.Since(killed)
 	shards := len(held) - len(finished)
-	if took > 5*time.Second {
-		// Say which shard was last, for the analysis of the tail (bench/NOTES.md).
-		last, at := "", time.Duration(0)
-		for id, d := range movedAt {
-			if d > at {
-				last, at = id, d
+	if took > 3*time.Second {
+		// Say how each shard went, for the analysis of the tail (bench/NOTES.md).
+		var parts []string
+		if l := c.Leader(); l != nil {
+			for id := range held {
+				if finished[id] {
+					continue
+				}
+				if s, err := l.Node().FSM().Shard(id); err == nil {
+					parts = append(parts, fmt.Sprintf("%s (cards per account %v): %s, progressed after %v; reason %q",
+						id, s.Accounts, claimedAt[id], movedAt[id].Round(time.Millisecond), s.Checkpoint.Reason))
+				}
 			}
 		}
-		if l := c.Leader(); l != nil && last != "" {
-			if s, err := l.Node().FSM().Shard(last); err == nil {
-				b.Logf("slow trial (%v): slowest shard %s (cards per account %v) progressed under %s after %v; reason %q",
-					took.Round(time.Millisecond), last, s.Accounts, s.Owner, at.Round(time.Millisecond), s.Checkpoint.Reason)
-			}
-		}
+		b.Logf("slow trial (%v): %s", took.Round(time.Millisecond), strings.Join(parts, "; "))
 	}
 	if restart || shards == 0 {
 		c.Restart(victim)
