@@ -538,18 +538,35 @@ func takeoverTrial(b *testing.B, c *testcluster.Cluster, restart bool) takeover 
 			return false
 		}
 		now := time.Now()
-		// Every member works shards first: a member restarted by the last trial claims
-		// only once its quota shares are in force (the share grace after it joins), and a
-		// kill before then measures that grace, not the takeover.
+		// Every member works shards, with its quota shares in force: a member restarted
+		// by the last trial claims at once (the claim lifts the revocation of its
+		// death) but gets its concurrency slots only after the call grace, and a kill
+		// before then measures that grace, not the takeover. A slot of every account
+		// that has one for each member is the sign.
 		working := map[string]bool{}
 		for _, s := range shards {
 			if s.LiveClaim(now) {
 				working[s.Owner] = true
 			}
 		}
-		for _, m := range c.Up() {
-			if !working[m.Name] {
+		accts, err := l.Node().FSM().Accounts()
+		if err != nil {
+			return false
+		}
+		up := c.Up()
+		for _, m := range up {
+			a := m.Agent()
+			if !working[m.Name] || a == nil {
 				return false
+			}
+			slots := map[string]int{}
+			for _, sh := range a.Syncer.Shares() {
+				slots[sh.Account] = sh.Concurrency
+			}
+			for _, ac := range accts {
+				if ac.Concurrency >= len(up) && slots[ac.ID] == 0 {
+					return false
+				}
 			}
 		}
 		for _, m := range c.Up() {
