@@ -2,6 +2,8 @@ package syncer_test
 
 import (
 	"errors"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -376,5 +378,60 @@ func TestSlowAccountDoesNotHoldUpTheShard(t *testing.T) {
 		t.Errorf("%d of %d Cisco cards left when every OneLink card was synced: the shards' OneLink cards waited for the Cisco queue", left, specs[1].Cards)
 	}
 	waitAllSynced(t, c, 120*time.Second)
+	noQuotaViolations(t, c.Sim)
+}
+
+// A query that waits long in its own node's queue for the account's quota (Cisco's one
+// call at a time, behind other shards' queries) is not a carrier failure: the account's
+// cards in that round are deferred, the round goes on, and the account is not backed off
+// (which used to defer every other shard's cards of the account for DependencyRetry).
+func TestLongQuotaQueueDefersWithoutBackoff(t *testing.T) {
+	t.Parallel()
+	specs := sim.DevAccounts()
+	specs = []sim.AccountSpec{specs[0], specs[4]} // cmcc-east, cisco-global
+	specs[0].Cards = 300
+	specs[1].Cards, specs[1].RatePerSec, specs[1].Burst = 30, 2, 1
+	c := testcluster.New(t, testcluster.Options{Nodes: 1, SimAccounts: specs,
+		// A short lease makes the queue wait (half of it) shorter than the Cisco queue.
+		Sync: func(sc *syncer.Config) { sc.Lease = 4 * time.Second }})
+	n := c.Members[0].Node()
+	var deferred, backedOff string
+	testcluster.WaitFor(t, 120*time.Second, "every card synced", func() bool {
+		shards, err := n.FSM().Shards(fsm.ShardFilter{})
+		if err != nil {
+			return false
+		}
+		for _, sh := range shards {
+			r := sh.Checkpoint.Reason
+			if strings.Contains(r, "waited too long for the account's quota") {
+				deferred = r
+			}
+			if strings.Contains(r, "carrier backoff") {
+				backedOff = sh.ID + ": " + r
+			}
+		}
+		cnt, err := n.FSM().Counts()
+		return err == nil && cnt.Cards >= len(c.Catalog.Cards) && unsynced(t, n) == 0
+	})
+	if backedOff != "" {
+		t.Errorf("an account was backed off: %s", backedOff)
+	}
+	resp, err := http.Get("http://" + n.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "cardsync_carrier_backoffs_total{") {
+			t.Errorf("an account was backed off: %s", line)
+		}
+	}
+	if deferred == "" {
+		t.Error("no query waited past the queue wait: the test does not show the deferral")
+	}
 	noQuotaViolations(t, c.Sim)
 }

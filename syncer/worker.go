@@ -344,12 +344,24 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 		// (another shard's last batch): they ride in that query's call, which then goes
 		// out full.
 		for acct, b := range open {
-			if full(b) {
+			switch {
+			case w.deferred[acct] != "":
+				// An answer deferred the account meanwhile: its gathered cards wait too.
+				w.deferCards(len(b.cards))
+				delete(open, acct)
+			case full(b):
 				ready[acct] = append(ready[acct], b)
 				delete(open, acct)
 			}
 		}
 		for acct, q := range ready {
+			if w.deferred[acct] != "" {
+				for _, b := range q {
+					w.deferCards(len(b.cards))
+				}
+				delete(ready, acct)
+				continue
+			}
 			if flying[acct] == nil {
 				dispatch(q[0])
 				q = q[1:]
@@ -466,13 +478,43 @@ func (w *worker) call(ctx context.Context, b *batch, first bool) ([]carrier.Resu
 	}
 	cctx := carrier.WithCallTimeout(context.WithoutCancel(ctx), s.cfg.Lease/2)
 	// A query still waiting for a slot or its tokens when the worker is stopped (a
-	// handoff, the node stopping) is given up: nothing has been fetched yet.
-	cctx = carrier.WithAbandon(cctx, w.stopCh)
+	// handoff, the node stopping), or after queueWait, is given up: nothing has been
+	// fetched yet.
+	wait := s.queueWait()
+	abandon, queued, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	defer close(done)
+	timer := time.AfterFunc(wait, func() { close(queued) })
+	defer timer.Stop()
+	go func() {
+		select {
+		case <-w.stopCh:
+		case <-queued:
+		case <-done:
+			return
+		}
+		close(abandon)
+	}()
+	cctx = carrier.WithAbandon(cctx, abandon)
 	if first {
 		cctx = carrier.WithPriority(cctx)
 	}
-	return s.accounts[b.account].Query(cctx, iccids)
+	res, err := s.accounts[b.account].Query(cctx, iccids)
+	if errors.Is(err, carrier.ErrAbandoned) && !w.stopped() {
+		return nil, fmt.Errorf("%w (%v)", errQueueWait, wait)
+	}
+	return res, err
 }
+
+// errQueueWait: a query waited queueWait for its account's slot or tokens on this node
+// and was given up before any call.
+var errQueueWait = errors.New("waited too long for the account's quota on this node")
+
+// queueWait is how long a query may wait for its account's concurrency slot and call
+// tokens on this node. Past it the account's cards in the round are deferred (the shard
+// comes back soon), so that an account whose queue is long, like Cisco's one call at a
+// time, does not hold the shard's group for minutes while the group's other shards have
+// work for the other accounts.
+func (s *Syncer) queueWait() time.Duration { return s.cfg.Lease / 2 }
 
 // record takes a batch query's outcome into the worker: card results on success;
 // ok=false ends the round (claim 8).
@@ -480,6 +522,13 @@ func (w *worker) record(ctx context.Context, a answer) (ok bool, reason string, 
 	s := w.s
 	b, results, callErr := a.b, a.results, a.err
 	acct := s.accounts[b.account]
+	if errors.Is(callErr, errQueueWait) {
+		// Not a carrier failure: the account's cards wait for a later task, the
+		// round goes on with the others (no backoff).
+		w.deferAccount(b.account, fmt.Sprintf("%s account %s: %v", quotaPrefix, b.account, callErr))
+		w.deferCards(len(b.cards))
+		return true, "", time.Time{}, nil
+	}
 	if errors.Is(callErr, carrier.ErrAbandoned) {
 		// Given up before its call because the worker stops: the batch stays unanswered
 		// (the cursor stays before it) and the account is not backed off.
@@ -494,11 +543,9 @@ func (w *worker) record(ctx context.Context, a answer) (ok bool, reason string, 
 			return false, "node shutting down", time.Time{}, nil
 		case kind == carrier.KindAuthInvalid:
 			// Bad credentials stop this account only: mark it, defer its cards, go on.
-			w.deferred[b.account] = "credentials of account " + b.account + " rejected"
+			w.deferAccount(b.account, "credentials of account "+b.account+" rejected")
 			w.markAccountInvalid(ctx, b.account, callErr)
-			w.failed += uint64(len(b.cards))
-			w.pending += len(b.cards)
-			s.m.cards.WithLabelValues("deferred").Add(float64(len(b.cards)))
+			w.deferCards(len(b.cards))
 			return true, "", time.Time{}, nil
 		default:
 			// Claim 8: rate limited or failed: save progress and leave this round.
@@ -548,6 +595,20 @@ func (w *worker) markAccountInvalid(ctx context.Context, account string, cause e
 	if _, err := w.propose(ctx, fsm.TypeSetAccountStatus, fsm.SetAccountStatus{Account: account, Valid: false, Reason: msg}); err != nil && !errors.Is(err, errFenced) {
 		w.s.log.Warn("mark account invalid", "account", account, "error", err)
 	}
+}
+
+// deferAccount defers the account's cards for the rest of the round.
+func (w *worker) deferAccount(account, why string) {
+	if w.deferred[account] == "" {
+		w.deferred[account] = why
+	}
+}
+
+// deferCards counts n cards deferred to a later task.
+func (w *worker) deferCards(n int) {
+	w.failed += uint64(n)
+	w.pending += n
+	w.s.m.cards.WithLabelValues("deferred").Add(float64(n))
 }
 
 func (w *worker) deferredReason() string {
