@@ -341,16 +341,24 @@ func TestNoShardClaimedBeforeItsQuotaShare(t *testing.T) {
 	noQuotaViolations(t, c.Sim)
 }
 
+// oneLinkAndSlowCisco is two simulated accounts: cmcc-east (OneLink, the dev quota) with
+// onelink cards, and cisco-global with cisco cards at 2 calls/s, one call at a time (one
+// card a second: Cisco answers one card a call, two calls a card).
+func oneLinkAndSlowCisco(onelink, cisco int) []sim.AccountSpec {
+	specs := sim.DevAccounts()
+	specs = []sim.AccountSpec{specs[0], specs[4]} // cmcc-east, cisco-global
+	specs[0].Cards = onelink
+	specs[1].Cards, specs[1].RatePerSec, specs[1].Burst = cisco, 2, 1
+	return specs
+}
+
 // A slow account does not hold up the other accounts' cards of the same shard: the walk
 // queues the slow account's full batches and reads on, so a shard's OneLink cards are
 // synced while its Cisco cards (one card a call, one call at a time, sorted first in the
 // shard) still wait their turn.
 func TestSlowAccountDoesNotHoldUpTheShard(t *testing.T) {
 	t.Parallel()
-	specs := sim.DevAccounts()
-	specs = []sim.AccountSpec{specs[0], specs[4]} // cmcc-east, cisco-global
-	specs[0].Cards = 600
-	specs[1].Cards, specs[1].RatePerSec, specs[1].Burst = 40, 2, 1
+	specs := oneLinkAndSlowCisco(600, 40)
 	c := testcluster.New(t, testcluster.Options{Nodes: 1, SimAccounts: specs})
 	n := c.Members[0].Node()
 	left := -1 // Cisco cards unsynced when the last OneLink card was synced
@@ -387,10 +395,7 @@ func TestSlowAccountDoesNotHoldUpTheShard(t *testing.T) {
 // (which used to defer every other shard's cards of the account for DependencyRetry).
 func TestLongQuotaQueueDefersWithoutBackoff(t *testing.T) {
 	t.Parallel()
-	specs := sim.DevAccounts()
-	specs = []sim.AccountSpec{specs[0], specs[4]} // cmcc-east, cisco-global
-	specs[0].Cards = 300
-	specs[1].Cards, specs[1].RatePerSec, specs[1].Burst = 30, 2, 1
+	specs := oneLinkAndSlowCisco(300, 30)
 	c := testcluster.New(t, testcluster.Options{Nodes: 1, SimAccounts: specs,
 		// A short lease makes the queue wait (half of it) shorter than the Cisco queue.
 		Sync: func(sc *syncer.Config) { sc.Lease = 4 * time.Second }})
