@@ -465,11 +465,12 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 
 // call sends one batch query. It runs beside the walk, so it touches no worker state.
 // The call gets its own deadline within the lease, from the moment it may start, so a
-// stuck carrier cannot outlive the claim; the wait for a slot and tokens before that is
-// this node's queue for the account's quota and is not timed (the walk renews the lease
-// meanwhile), so a query waiting its turn behind other shards' is not taken for a carrier
-// failure. It is not cut short when the node stops: a call the carrier has answered is
-// flushed instead of being thrown away and fetched again by the next owner.
+// stuck carrier cannot outlive the claim. The wait for a slot and tokens before that is
+// this node's queue for the account's quota, not the carrier: it has its own bound
+// (queueWait), past which the query is given up and its account's cards deferred, not
+// failed (the walk renews the lease meanwhile). It is not cut short when the node stops:
+// a call the carrier has answered is flushed instead of being thrown away and fetched
+// again by the next owner.
 func (w *worker) call(ctx context.Context, b *batch, first bool) ([]carrier.Result, error) {
 	s := w.s
 	iccids := make([]string, len(b.cards))
