@@ -559,10 +559,7 @@ func takeoverTrial(b *testing.B, c *testcluster.Cluster, restart bool) takeover 
 			if !working[m.Name] || a == nil {
 				return false
 			}
-			slots := map[string]int{}
-			for _, sh := range a.Syncer.Shares() {
-				slots[sh.Account] = sh.Concurrency
-			}
+			slots := slotsOf(a)
 			for _, ac := range accts {
 				if ac.Concurrency >= len(up) && slots[ac.ID] == 0 {
 					return false
@@ -620,11 +617,10 @@ func takeoverTrial(b *testing.B, c *testcluster.Cluster, restart bool) takeover 
 				slots := ""
 				for _, m := range c.Up() {
 					if a := m.Agent(); m.Name == s.Owner && a != nil {
-						for _, sh := range a.Syncer.Shares() {
-							for _, ac := range s.Accounts {
-								if ac.Account == sh.Account && ac.Cards > 0 {
-									slots += fmt.Sprintf(" %s:%d", sh.Account, sh.Concurrency)
-								}
+						have := slotsOf(a)
+						for _, ac := range s.Accounts {
+							if n, ok := have[ac.Account]; ok && ac.Cards > 0 {
+								slots += fmt.Sprintf(" %s:%d", ac.Account, n)
 							}
 						}
 					}
@@ -665,6 +661,15 @@ func takeoverTrial(b *testing.B, c *testcluster.Cluster, restart bool) takeover 
 		c.WaitStable(60 * time.Second)
 	}
 	return takeover{took, claimed, shards}
+}
+
+// slotsOf is a member's concurrency slots in force, per account.
+func slotsOf(a *agent.Agent) map[string]int {
+	slots := map[string]int{}
+	for _, sh := range a.Syncer.Shares() {
+		slots[sh.Account] = sh.Concurrency
+	}
+	return slots
 }
 
 // refillBacklog makes every card due again once fewer than a third of the shards have

@@ -373,8 +373,8 @@ func (s *Syncer) unusable(account string, now time.Time) string {
 	if _, ok := s.accounts[account]; !ok {
 		return "account " + account + " has no credentials on this node"
 	}
-	if off, why := s.backedOff(account, now); off {
-		return why
+	if b, off := s.backedOff(account, now); off {
+		return b.reason
 	}
 	if s.cfg.ShareQuota {
 		if sh := s.share(account); sh.RatePerSec <= 0 || sh.Concurrency <= 0 {
@@ -414,22 +414,12 @@ func (s *Syncer) setBackoff(account string, d time.Duration, reason string) time
 	return until
 }
 
-func (s *Syncer) backedOff(account string, now time.Time) (bool, string) {
+// backedOff returns the account's backoff on this node while it lasts.
+func (s *Syncer) backedOff(account string, now time.Time) (backoffState, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b, ok := s.backoff[account]
-	if !ok || !b.until.After(now) {
-		return false, ""
-	}
-	return true, b.reason
-}
-
-// backoffUntil is when the account's backoff on this node ends (ok=false: none).
-func (s *Syncer) backoffUntil(account string) (time.Time, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	b, ok := s.backoff[account]
-	return b.until, ok
+	return b, ok && b.until.After(now)
 }
 
 func (s *Syncer) share(account string) Share {

@@ -344,18 +344,14 @@ func (w *worker) walk(ctx context.Context) (stop bool, reason string, next time.
 		// (another shard's last batch): they ride in that query's call, which then goes
 		// out full.
 		for acct, b := range open {
-			switch {
-			case w.deferred[acct] != "":
-				// An answer deferred the account meanwhile: its gathered cards wait too.
-				w.deferCards(len(b.cards))
-				delete(open, acct)
-			case full(b):
+			if full(b) || w.deferred[acct] != "" {
 				ready[acct] = append(ready[acct], b)
 				delete(open, acct)
 			}
 		}
 		for acct, q := range ready {
 			if w.deferred[acct] != "" {
+				// An answer deferred the account meanwhile: its gathered cards wait too.
 				for _, b := range q {
 					w.deferCards(len(b.cards))
 				}
@@ -638,11 +634,15 @@ func (w *worker) deferredNextRun() time.Time {
 			// drains: look again soon.
 			retry = min(retry, 5*w.s.cfg.PollInterval)
 		}
-		if until, ok := w.s.backoffUntil(acct); ok && strings.HasPrefix(why, backoffPrefix) {
+		if strings.HasPrefix(why, backoffPrefix) {
 			// Deferred while another shard's call backed the account off: look again
 			// when the backoff ends (a second or so for a transient failure), not after
 			// the dependency retry.
-			retry = min(retry, max(until.Sub(now), w.s.cfg.PollInterval))
+			wait := w.s.cfg.PollInterval
+			if b, off := w.s.backedOff(acct, now); off {
+				wait = max(wait, b.until.Sub(now))
+			}
+			retry = min(retry, wait)
 		}
 	}
 	return now.Add(retry)
