@@ -35,9 +35,9 @@ type Account struct {
 	shareBurst  int
 	shareConc   int
 	inFlight    int
-	pending     int           // Query calls in progress: waiting for a slot or calling
-	prioWaiting int           // prioritized queries waiting for a slot
-	wake        chan struct{} // closed and replaced when a slot frees or the share changes
+	pending     int                // Query calls in progress: waiting for a slot or calling
+	slotWaiting [numPriorities]int // queries waiting for a slot, by priority
+	wake        chan struct{}      // closed and replaced when a slot frees or the share changes
 	// partials are queries of fewer cards than a batch waiting for a slot: the query that
 	// gets a slot takes the ones that fit into its own call (coalesce.go).
 	partials []*partialQuery
@@ -48,9 +48,9 @@ type Account struct {
 	// openRooms are the spare rooms of those queries not yet promised to a caller of
 	// TakeRoom.
 	openRooms []*openRoom
-	// tokenWaits are the unprioritized queries that hold a slot while they wait for their
-	// tokens from the TokenSource, oldest first: a prioritized query that finds no slot
-	// free takes the slot of the latest of them (acquire).
+	// tokenWaits are the queries below PriorityUrgent that hold a slot while they wait
+	// for their tokens from the TokenSource, oldest first: a prioritized query that finds
+	// no slot free takes the slot of the latest of them of a lower priority (acquire).
 	tokenWaits  []*tokenWait
 	consecutive int // consecutive whole-call failures, for Backoff
 
@@ -131,11 +131,11 @@ func NewAccount(cfg AccountConfig, hc *http.Client, logger hclog.Logger) (*Accou
 
 // TokenSource grants the call tokens of a query from a bucket the whole cluster shares
 // (the Raft leader's, see cardsync/internal/quota). Tokens returns when the first of
-// count tokens is due, with each token's offset from that moment, or fails. A
-// prioritized request (see WithPriority) goes ahead of the others waiting for the
-// account's tokens.
+// count tokens is due, with each token's offset from that moment, or fails. A request
+// goes ahead of those of a lower priority waiting for the account's tokens (see
+// WithPriority and WithUrgency).
 type TokenSource interface {
-	Tokens(ctx context.Context, account string, count int, priority bool) ([]time.Duration, error)
+	Tokens(ctx context.Context, account string, count int, p Priority) ([]time.Duration, error)
 }
 
 type tokenSourceBox struct{ ts TokenSource }
@@ -268,8 +268,27 @@ func abandonedOr(ctx context.Context, err error) error {
 	}
 }
 
+// Priority is a query's place in its account's queues on this node (for a concurrency
+// slot) and in the cluster's (for call tokens, see TokenSource): a query goes ahead of
+// every waiting query of a lower priority.
+type Priority int
+
+const (
+	// PriorityNone is an ordinary query of a shard's walk.
+	PriorityNone Priority = iota
+	// PriorityFirst is a shard round's first query of the account (WithPriority).
+	PriorityFirst
+	// PriorityUrgent is a query of a task taken over from another member, sent before
+	// the task's first answer under its new owner (WithUrgency).
+	PriorityUrgent
+	numPriorities
+)
+
 // priorityKey marks a query context as prioritized (see WithPriority).
 type priorityKey struct{}
+
+// urgencyKey carries the channel whose closing ends a query's urgency (WithUrgency).
+type urgencyKey struct{}
 
 // WithPriority marks the queries made with ctx as going ahead of unmarked ones when
 // they wait for a concurrency slot of the account or for its tokens from the
@@ -283,62 +302,118 @@ func WithPriority(ctx context.Context) context.Context {
 	return context.WithValue(ctx, priorityKey{}, true)
 }
 
-func prioritized(ctx context.Context) bool {
-	p, _ := ctx.Value(priorityKey{}).(bool)
-	return p
+// WithUrgency makes the queries made with ctx urgent until until is closed: they go
+// ahead of prioritized queries as WithPriority's go ahead of the others, and may take
+// the slot of a prioritized query still waiting for its tokens. When until closes, a
+// query still waiting drops back to its own priority (WithPriority or none) and asks for
+// its tokens again at that priority. The syncer makes a task taken over from another
+// member urgent until its first answer is in: a dead member's shards then progress after
+// each other's first queries, not after every shard's round start in the cluster, and
+// a shard that got its first answer from one account stops holding up the others that
+// wait for a slower one.
+func WithUrgency(ctx context.Context, until <-chan struct{}) context.Context {
+	return context.WithValue(ctx, urgencyKey{}, until)
+}
+
+// urgency is ctx's urgency channel, nil when its queries are not urgent (any more).
+func urgency(ctx context.Context) <-chan struct{} {
+	ch, _ := ctx.Value(urgencyKey{}).(<-chan struct{})
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	default:
+		return ch
+	}
+}
+
+// priorityOf is the priority of a query made with ctx now.
+func priorityOf(ctx context.Context) Priority {
+	if urgency(ctx) != nil {
+		return PriorityUrgent
+	}
+	if p, _ := ctx.Value(priorityKey{}).(bool); p {
+		return PriorityFirst
+	}
+	return PriorityNone
+}
+
+// waitingAboveLocked reports whether a query of a priority above p waits for a slot.
+func (a *Account) waitingAboveLocked(p Priority) bool {
+	for q := p + 1; q < numPriorities; q++ {
+		if a.slotWaiting[q] > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // acquire takes a concurrency slot, waiting while none is free or the share is zero.
-// A prioritized query takes a free slot before any unprioritized one. A waiting partial
-// query (me, nil for others) that another query takes into its call stops waiting with
-// errTaken.
+// A free slot goes to the waiting queries of the highest priority first; a prioritized
+// query that finds none free takes the slot of the latest query of a lower priority
+// still waiting for its tokens (tokensWithSlot). A waiting partial query (me, nil for
+// others) that another query takes into its call stops waiting with errTaken.
 func (a *Account) acquire(ctx context.Context, me *partialQuery) error {
-	prio := prioritized(ctx)
-	waited := false
+	waitingAt := Priority(-1) // the priority this query is counted at in slotWaiting
 	defer func() {
-		if prio && waited {
+		if waitingAt >= 0 {
 			a.mu.Lock()
-			a.prioWaiting--
+			a.slotWaiting[waitingAt]--
 			a.broadcastLocked()
 			a.mu.Unlock()
 		}
 	}()
 	for {
+		p, until := priorityOf(ctx), urgency(ctx)
 		a.mu.Lock()
 		if me != nil && me.taken {
 			a.mu.Unlock()
 			return errTaken
 		}
+		if waitingAt >= 0 && waitingAt != p {
+			// Its urgency ended while it waited: the queries it held back may go.
+			a.slotWaiting[waitingAt]--
+			a.slotWaiting[p]++
+			waitingAt = p
+			a.broadcastLocked()
+		}
 		rideSoon := me != nil && a.formingRoom >= len(me.iccids)
-		if a.shareRate > 0 && a.inFlight < a.shareConc && (prio || a.prioWaiting == 0) && !rideSoon {
+		if a.shareRate > 0 && a.inFlight < a.shareConc && !a.waitingAboveLocked(p) && !rideSoon {
 			a.inFlight++
 			// With the slot, this query is no longer one another may take.
 			a.removePartialLocked(me)
 			a.mu.Unlock()
 			return nil
 		}
-		if prio && a.shareRate > 0 && a.inFlight <= a.shareConc && len(a.tokenWaits) > 0 {
-			// The slot passes from the latest query waiting for its tokens to this one.
-			tw := a.tokenWaits[len(a.tokenWaits)-1]
-			a.tokenWaits = a.tokenWaits[:len(a.tokenWaits)-1]
-			tw.preempted = true
-			tw.cancel()
-			a.preemptions.Add(1)
-			a.removePartialLocked(me)
-			a.mu.Unlock()
-			return nil
-		}
-		if !waited {
-			waited = true
-			a.slotWaits.Add(1)
-			if prio {
-				a.prioWaiting++
+		if p > PriorityNone && a.shareRate > 0 && a.inFlight <= a.shareConc {
+			// The slot passes from the latest query of a lower priority waiting for its
+			// tokens to this one.
+			for i := len(a.tokenWaits) - 1; i >= 0; i-- {
+				tw := a.tokenWaits[i]
+				if tw.priority >= p {
+					continue
+				}
+				a.tokenWaits = slices.Delete(a.tokenWaits, i, i+1)
+				tw.preempted = true
+				tw.cancel()
+				a.preemptions.Add(1)
+				a.removePartialLocked(me)
+				a.mu.Unlock()
+				return nil
 			}
+		}
+		if waitingAt < 0 {
+			waitingAt = p
+			a.slotWaits.Add(1)
+			a.slotWaiting[p]++
 		}
 		ch := a.wake
 		a.mu.Unlock()
 		select {
 		case <-ch:
+		case <-until:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -406,7 +481,7 @@ func (a *Account) reserve(ctx context.Context, n int) (*reservedTokens, error) {
 // reserveShared takes a query's tokens from the cluster's shared bucket.
 func (a *Account) reserveShared(ctx context.Context, ts TokenSource, n int) (*reservedTokens, error) {
 	start := time.Now()
-	offs, err := ts.Tokens(ctx, a.cfg.ID, n, prioritized(ctx))
+	offs, err := ts.Tokens(ctx, a.cfg.ID, n, priorityOf(ctx))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -644,20 +719,21 @@ func (a *Account) TakeRoom(n int) int {
 
 // tokenWait is a query that holds a slot while it waits for its tokens (see tokenWaits).
 type tokenWait struct {
+	priority  Priority
 	cancel    context.CancelFunc
-	preempted bool // under Account.mu: its slot went to a prioritized query
+	preempted bool // under Account.mu: its slot went to a query of a higher priority
 }
 
 // tokensWithSlot reserves the call tokens of a query of n cards that holds a slot. While
-// it waits its unused batch room is open to riders (formingRoom), and an unprioritized
-// query waiting on the TokenSource may lose its slot to a prioritized one: preempted
-// reports that (the slot is no longer this query's to release).
+// it waits its unused batch room is open to riders (formingRoom), and a query below
+// PriorityUrgent waiting on the TokenSource may lose its slot to one of a higher
+// priority: preempted reports that (the slot is no longer this query's to release). An
+// urgent query whose urgency ends while it waits asks again at its own priority.
 func (a *Account) tokensWithSlot(ctx context.Context, n int) (rt *reservedTokens, preempted bool, err error) {
 	room := 0
 	if b := a.client.BatchSize(); b > 1 {
 		room = max(0, b-n)
 	}
-	var tw *tokenWait
 	var spot *openRoom
 	a.mu.Lock()
 	a.formingRoom += room
@@ -665,33 +741,56 @@ func (a *Account) tokensWithSlot(ctx context.Context, n int) (rt *reservedTokens
 		spot = &openRoom{room: room}
 		a.openRooms = append(a.openRooms, spot)
 	}
-	if a.tokens.Load() != nil && !prioritized(ctx) {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
-		defer cancel()
-		tw = &tokenWait{cancel: cancel}
-		a.tokenWaits = append(a.tokenWaits, tw)
-	}
 	a.mu.Unlock()
-	rt, err = a.reserve(ctx, a.callsFor(n))
-	a.mu.Lock()
-	a.formingRoom -= room
-	if room > 0 {
-		a.broadcastLocked()
-		a.openRooms = slices.DeleteFunc(a.openRooms, func(o *openRoom) bool { return o == spot })
-	}
-	if tw != nil {
-		preempted = tw.preempted
-		if !preempted {
-			a.tokenWaits = slices.DeleteFunc(a.tokenWaits, func(o *tokenWait) bool { return o == tw })
+	defer func() {
+		a.mu.Lock()
+		a.formingRoom -= room
+		if room > 0 {
+			a.broadcastLocked()
+			a.openRooms = slices.DeleteFunc(a.openRooms, func(o *openRoom) bool { return o == spot })
 		}
+		a.mu.Unlock()
+	}()
+	for {
+		p, until := priorityOf(ctx), urgency(ctx)
+		rctx, cancel := context.WithCancel(ctx)
+		var tw *tokenWait
+		if a.tokens.Load() != nil {
+			if p < PriorityUrgent {
+				tw = &tokenWait{priority: p, cancel: cancel}
+				a.mu.Lock()
+				a.tokenWaits = append(a.tokenWaits, tw)
+				a.mu.Unlock()
+			} else if until != nil {
+				go func() {
+					select {
+					case <-until:
+						cancel()
+					case <-rctx.Done():
+					}
+				}()
+			}
+		}
+		rt, err = a.reserve(rctx, a.callsFor(n))
+		demoted := err != nil && ctx.Err() == nil && rctx.Err() != nil && tw == nil
+		cancel()
+		if tw != nil {
+			a.mu.Lock()
+			preempted = tw.preempted
+			if !preempted {
+				a.tokenWaits = slices.DeleteFunc(a.tokenWaits, func(o *tokenWait) bool { return o == tw })
+			}
+			a.mu.Unlock()
+		}
+		switch {
+		case preempted:
+			// Tokens that came at the same moment are not used: this query has no slot.
+			return nil, true, nil
+		case demoted:
+			continue // its urgency ended: ask again at its own priority
+		}
+		return rt, false, err
 	}
-	a.mu.Unlock()
-	if preempted {
-		// Tokens that came at the same moment are not used: this query has no slot.
-		return nil, true, nil
-	}
-	return rt, false, err
 }
 
 // callsFor is how many rate-limited HTTP calls a query of n cards costs.

@@ -26,7 +26,7 @@ type waitErr struct{ after time.Duration }
 func (w waitErr) Error() string                     { return "busy" }
 func (w waitErr) RetryAfterDuration() time.Duration { return w.after }
 
-func (f *fakeTokens) Tokens(_ context.Context, account string, n int, _ bool) ([]time.Duration, error) {
+func (f *fakeTokens) Tokens(_ context.Context, account string, n int, _ carrier.Priority) ([]time.Duration, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.asked = append(f.asked, n)
@@ -102,7 +102,7 @@ func backgroundQueries(ctx context.Context, acct *carrier.Account) (func([]strin
 	}, results
 }
 
-func (g *gatedTokens) Tokens(ctx context.Context, account string, n int, prio bool) ([]time.Duration, error) {
+func (g *gatedTokens) Tokens(ctx context.Context, account string, n int, prio carrier.Priority) ([]time.Duration, error) {
 	offs, err := g.fakeTokens.Tokens(ctx, account, n, prio)
 	select {
 	case <-g.release:
@@ -144,19 +144,20 @@ func TestPartialQueryRidesWithATokenWait(t *testing.T) {
 	}
 }
 
-// prioTokens is a TokenSource that holds unprioritized requests until release is closed
-// and answers prioritized ones at once, recording both.
+// prioTokens is a TokenSource that holds requests below priority answer until release
+// is closed and answers the others at once, recording the priority of each.
 type prioTokens struct {
 	mu      sync.Mutex
-	asked   []bool // priority of each request
+	asked   []carrier.Priority
+	answer  carrier.Priority
 	release chan struct{}
 }
 
-func (p *prioTokens) Tokens(ctx context.Context, _ string, n int, prio bool) ([]time.Duration, error) {
+func (p *prioTokens) Tokens(ctx context.Context, _ string, n int, prio carrier.Priority) ([]time.Duration, error) {
 	p.mu.Lock()
 	p.asked = append(p.asked, prio)
 	p.mu.Unlock()
-	if !prio {
+	if prio < p.answer {
 		select {
 		case <-p.release:
 		case <-ctx.Done():
@@ -166,55 +167,10 @@ func (p *prioTokens) Tokens(ctx context.Context, _ string, n int, prio bool) ([]
 	return make([]time.Duration, n), nil
 }
 
-func (p *prioTokens) requests() []bool {
+func (p *prioTokens) requests() []carrier.Priority {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return slices.Clone(p.asked)
-}
-
-// TestPrioritizedQueryTakesATokenWaitersSlot: with every slot held by a query waiting for
-// its tokens, a prioritized query takes that slot at once and asks for its tokens as
-// prioritized; the query it displaced withdraws its request, waits for a slot again and
-// is answered too.
-func TestPrioritizedQueryTakesATokenWaitersSlot(t *testing.T) {
-	spec := testSpecs[0]
-	s := startSim(t, []sim.AccountSpec{spec})
-	acct, err := carrier.NewAccount(accountCfg(s, spec.ID), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	acct.SetShare(100, 10, 1)
-	ts := &prioTokens{release: make(chan struct{})}
-	acct.SetTokenSource(ts)
-	good, _ := goodCards(t, s, spec.ID, 200)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	type out struct {
-		name string
-		n    int
-		err  error
-	}
-	results := make(chan out, 2)
-	query := func(ctx context.Context, name string, cards []string) {
-		res, err := acct.Query(ctx, cards)
-		results <- out{name, len(res), err}
-	}
-	go query(ctx, "waiting", good[:100])
-	testcluster.WaitFor(t, 10*time.Second, "the first query waiting for tokens", func() bool { return len(ts.requests()) == 1 })
-	go query(carrier.WithPriority(ctx), "prioritized", good[100:])
-	if o := <-results; o.name != "prioritized" || o.err != nil || o.n != 100 {
-		t.Fatalf("first answer: %+v, want the prioritized query's 100 results", o)
-	}
-	close(ts.release)
-	if o := <-results; o.name != "waiting" || o.err != nil || o.n != 100 {
-		t.Fatalf("displaced query: %+v", o)
-	}
-	if got := ts.requests(); !slices.Equal(got, []bool{false, true, false}) {
-		t.Fatalf("token requests (prioritized?) %v: want the displaced query to ask again after the prioritized one", got)
-	}
-	if st := acct.Stats(); st.Preempted != 1 || st.Calls != 2 || st.InFlight != 0 {
-		t.Fatalf("preempted %d, calls %d, in flight %d: want 1, 2, 0", st.Preempted, st.Calls, st.InFlight)
-	}
 }
 
 // TestTakeRoomFillsAWaitingPartialQuery: the spare room of a partial query waiting for
@@ -255,5 +211,153 @@ func TestTakeRoomFillsAWaitingPartialQuery(t *testing.T) {
 	}
 	if st := acct.Stats(); st.Calls != 1 || st.Coalesced != 1 || st.Cards != 100 {
 		t.Fatalf("%d calls, %d coalesced, %d cards: want one full call", st.Calls, st.Coalesced, st.Cards)
+	}
+}
+
+// TestQueryPriorities: a prioritized query (WithPriority) goes ahead of ordinary ones and
+// an urgent one (WithUrgency) ahead of both. With every slot held by a query of a lower
+// priority waiting for its tokens, it takes that slot at once and asks for its tokens at
+// its priority; the query it displaced withdraws its request, waits for a slot again and
+// is answered too. A free slot goes to the waiter of the highest priority, and an urgent
+// query whose urgency ends while it waits for its tokens asks again at its own priority.
+func TestQueryPriorities(t *testing.T) {
+	spec := testSpecs[0]
+	s := startSim(t, []sim.AccountSpec{spec})
+	good, _ := goodCards(t, s, spec.ID, 240)
+	none, first, urgent := carrier.PriorityNone, carrier.PriorityFirst, carrier.PriorityUrgent
+	type query struct {
+		name   string
+		first  bool          // WithPriority
+		urgent chan struct{} // WithUrgency (nil: not urgent)
+	}
+	for _, tc := range []struct {
+		name string
+		// answer: the source answers requests of this priority or above at once; the
+		// others wait until the queries below have all been started.
+		answer  carrier.Priority
+		queries []query
+		// endUrgency: close the first query's urgency once every query was started.
+		endUrgency bool
+		wantOrder  []string // answers, in order
+		wantAsked  []carrier.Priority
+		preempted  uint64
+	}{
+		{
+			name:   "a prioritized query takes an ordinary token waiter's slot",
+			answer: first,
+			queries: []query{
+				{name: "waiting"},
+				{name: "prioritized", first: true},
+			},
+			wantOrder: []string{"prioritized", "waiting"},
+			wantAsked: []carrier.Priority{none, first, none},
+			preempted: 1,
+		},
+		{
+			name:   "an urgent query takes a prioritized token waiter's slot",
+			answer: urgent,
+			queries: []query{
+				{name: "first", first: true},
+				{name: "urgent", urgent: make(chan struct{})},
+			},
+			wantOrder: []string{"urgent", "first"},
+			wantAsked: []carrier.Priority{first, urgent, first},
+			preempted: 1,
+		},
+		{
+			name:   "a free slot goes to the urgent waiter",
+			answer: urgent + 1,
+			queries: []query{
+				{name: "holder", urgent: make(chan struct{})},
+				{name: "first", first: true},
+				{name: "urgent", urgent: make(chan struct{})},
+			},
+			wantOrder: []string{"holder", "urgent", "first"},
+			wantAsked: []carrier.Priority{urgent, urgent, first},
+		},
+		{
+			name:   "asks again when its urgency ends",
+			answer: urgent + 1,
+			queries: []query{
+				{name: "demoted", first: true, urgent: make(chan struct{})},
+			},
+			endUrgency: true,
+			wantOrder:  []string{"demoted"},
+			wantAsked:  []carrier.Priority{urgent, first},
+		},
+		{
+			name:   "an ordinary query is not demoted below its own priority",
+			answer: urgent + 1,
+			queries: []query{
+				{name: "demoted", urgent: make(chan struct{})},
+			},
+			endUrgency: true,
+			wantOrder:  []string{"demoted"},
+			wantAsked:  []carrier.Priority{urgent, none},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			acct, err := carrier.NewAccount(accountCfg(s, spec.ID), nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			acct.SetShare(100, 10, 1)
+			ts := &prioTokens{answer: tc.answer, release: make(chan struct{})}
+			acct.SetTokenSource(ts)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			type out struct {
+				name string
+				n    int
+				err  error
+			}
+			results := make(chan out, len(tc.queries))
+			for i, q := range tc.queries {
+				qctx := ctx
+				if q.first {
+					qctx = carrier.WithPriority(qctx)
+				}
+				if q.urgent != nil {
+					qctx = carrier.WithUrgency(qctx, q.urgent)
+				}
+				cards := good[i*80 : (i+1)*80]
+				go func() {
+					res, err := acct.Query(qctx, cards)
+					results <- out{q.name, len(res), err}
+				}()
+				// The next query starts once this one waits: for its tokens (the first)
+				// or for a slot (the others), or has taken the first one's slot.
+				switch {
+				case i == 0:
+					testcluster.WaitFor(t, 10*time.Second, q.name+" waiting for tokens", func() bool { return len(ts.requests()) == 1 })
+				case tc.preempted > 0:
+					testcluster.WaitFor(t, 10*time.Second, q.name+" taking a slot", func() bool { return acct.Stats().Preempted == tc.preempted })
+				default:
+					testcluster.WaitFor(t, 10*time.Second, q.name+" waiting for a slot", func() bool { return acct.Stats().SlotWaits == uint64(i) })
+				}
+			}
+			if tc.endUrgency {
+				close(tc.queries[0].urgent)
+				testcluster.WaitFor(t, 10*time.Second, "the request asked again", func() bool { return len(ts.requests()) == 2 })
+			}
+			close(ts.release)
+			var order []string
+			for range tc.queries {
+				o := <-results
+				if o.err != nil || o.n != 80 {
+					t.Fatalf("%s: %d results, %v", o.name, o.n, o.err)
+				}
+				order = append(order, o.name)
+			}
+			if !slices.Equal(order, tc.wantOrder) {
+				t.Errorf("answered %v, want %v", order, tc.wantOrder)
+			}
+			if got := ts.requests(); !slices.Equal(got, tc.wantAsked) {
+				t.Errorf("token requests at priorities %v, want %v", got, tc.wantAsked)
+			}
+			if st := acct.Stats(); st.Preempted != tc.preempted || st.InFlight != 0 {
+				t.Errorf("preempted %d, in flight %d: want %d, 0", st.Preempted, st.InFlight, tc.preempted)
+			}
+		})
 	}
 }

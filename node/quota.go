@@ -76,18 +76,18 @@ func (n *Node) quotaLeadership(ctx context.Context) {
 func (n *Node) QuotaStats() quota.Stats { return n.quota.Stats() }
 
 // Tokens asks the leader for count call tokens of account; it returns when the first is
-// due, with each token's offset from then. A prioritized request goes ahead of the
-// others queued for the account (quota.Request.Priority). Without a leader, during a new leader's
+// due, with each token's offset from then. A request goes ahead of those queued for the
+// account in lower lanes (quota.Lane). Without a leader, during a new leader's
 // hold-off or when the leader cannot be reached, it asks again until ctx ends. A request
 // whose tokens would come after ctx's deadline fails with quota.ErrTooLate (see
 // quota.RetryAfter).
-func (n *Node) Tokens(ctx context.Context, account string, count int, priority bool) ([]time.Duration, error) {
+func (n *Node) Tokens(ctx context.Context, account string, count int, lane quota.Lane) ([]time.Duration, error) {
 	// A node that stops (or is killed) stops asking at once: its carrier calls are over.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(n.ctx, cancel)()
 	for {
-		offs, err := n.tokensOnce(ctx, quota.Request{Node: n.name, Account: account, Count: count, Priority: priority})
+		offs, err := n.tokensOnce(ctx, quota.Request{Node: n.name, Account: account, Count: count, Lane: lane})
 		if err == nil {
 			return offs, nil
 		}
@@ -114,11 +114,14 @@ func (n *Node) Tokens(ctx context.Context, account string, count int, priority b
 var errStaleGrant = errors.New("quota: grant arrived too late to use")
 
 type quotaRequest struct {
-	Node     string `json:"node"`
-	Account  string `json:"account"`
-	Count    int    `json:"count"`
-	WaitMS   int64  `json:"wait_ms"`
-	Priority bool   `json:"priority,omitempty"`
+	Node    string `json:"node"`
+	Account string `json:"account"`
+	Count   int    `json:"count"`
+	WaitMS  int64  `json:"wait_ms"`
+	// The request's lane (quota.Lane) as two flags, which a member of an earlier
+	// version (no urgent lane) reads as a prioritized request.
+	Priority bool `json:"priority,omitempty"`
+	Urgent   bool `json:"urgent,omitempty"`
 }
 
 type quotaReply struct {
@@ -142,7 +145,8 @@ func (n *Node) tokensOnce(ctx context.Context, qr quota.Request) ([]time.Duratio
 	if addr == n.HTTPAddr() {
 		return nil, quota.ErrNotLeader
 	}
-	req := quotaRequest{Node: qr.Node, Account: qr.Account, Count: qr.Count, WaitMS: 30_000, Priority: qr.Priority}
+	req := quotaRequest{Node: qr.Node, Account: qr.Account, Count: qr.Count, WaitMS: 30_000,
+		Priority: qr.Lane >= quota.LanePriority, Urgent: qr.Lane >= quota.LaneUrgent}
 	if dl, ok := ctx.Deadline(); ok {
 		req.WaitMS = time.Until(dl).Milliseconds()
 	}
@@ -220,7 +224,14 @@ func (n *Node) handleQuota(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(req.WaitMS)*time.Millisecond)
 		defer cancel()
 	}
-	offs, planned, err := n.quota.GrantPlanned(ctx, quota.Request{Node: req.Node, Account: req.Account, Count: req.Count, Priority: req.Priority})
+	lane := quota.LaneRest
+	switch {
+	case req.Urgent:
+		lane = quota.LaneUrgent
+	case req.Priority:
+		lane = quota.LanePriority
+	}
+	offs, planned, err := n.quota.GrantPlanned(ctx, quota.Request{Node: req.Node, Account: req.Account, Count: req.Count, Lane: lane})
 	if err != nil {
 		rep := quotaReply{Error: err.Error(), RetryMS: quota.RetryAfter(err).Milliseconds()}
 		code := http.StatusServiceUnavailable

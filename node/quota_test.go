@@ -29,36 +29,42 @@ func TestClusterQuotaTokens(t *testing.T) {
 		t.Fatalf("account: %v", err)
 	}
 	f := c.Follower()
-	offs, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 2, false)
+	offs, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 2, quota.LaneRest)
 	if err != nil {
 		t.Fatalf("tokens from a follower: %v", err)
 	}
 	if len(offs) != 2 || offs[0] != 0 || offs[1] <= 0 || offs[1] > time.Second {
 		t.Fatalf("offsets %v: want 0 and about 1/19.6 s", offs)
 	}
-	if _, err := f.Node().Tokens(testcluster.Ctx(t, 10*time.Second), "nope", 1, false); !errors.Is(err, quota.ErrUnknownAccount) {
+	if _, err := f.Node().Tokens(testcluster.Ctx(t, 10*time.Second), "nope", 1, quota.LaneRest); !errors.Is(err, quota.ErrUnknownAccount) {
 		t.Fatalf("unknown account: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	if _, err := f.Node().Tokens(ctx, "acct", 200, false); !errors.Is(err, quota.ErrTooLate) || quota.RetryAfter(err) <= 0 {
+	if _, err := f.Node().Tokens(ctx, "acct", 200, quota.LaneRest); !errors.Is(err, quota.ErrTooLate) || quota.RetryAfter(err) <= 0 {
 		t.Fatalf("200 tokens within 300 ms: %v", err)
 	}
-	// A prioritized request from a follower reaches the leader's prioritized lane: with the
-	// bucket 40 tokens (2 s) in debt, it waits there.
-	if _, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 40, false); err != nil {
-		t.Fatalf("40 tokens: %v", err)
-	}
-	prio := make(chan error, 1)
-	go func() {
-		_, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 1, true)
-		prio <- err
-	}()
-	testcluster.WaitFor(t, 10*time.Second, "the prioritized request queued in its lane at the leader", func() bool {
-		return l.Node().QuotaStats().WaitingPriority["acct"] == 1
-	})
-	if err := <-prio; err != nil {
-		t.Fatalf("prioritized request: %v", err)
+	// A prioritized or urgent request from a follower reaches its lane at the leader: with
+	// the bucket 40 tokens (2 s) in debt, it waits there.
+	for _, tc := range []struct {
+		lane             quota.Lane
+		priority, urgent int
+	}{{quota.LanePriority, 1, 0}, {quota.LaneUrgent, 1, 1}} {
+		if _, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 40, quota.LaneRest); err != nil {
+			t.Fatalf("40 tokens: %v", err)
+		}
+		prio := make(chan error, 1)
+		go func() {
+			_, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 1, tc.lane)
+			prio <- err
+		}()
+		testcluster.WaitFor(t, 10*time.Second, "the request queued in its lane at the leader", func() bool {
+			st := l.Node().QuotaStats()
+			return st.WaitingPriority["acct"] == tc.priority && st.WaitingUrgent["acct"] == tc.urgent
+		})
+		if err := <-prio; err != nil {
+			t.Fatalf("request in lane %d: %v", tc.lane, err)
+		}
 	}
 	resp, err := http.Post("http://"+l.Node().HTTPAddr()+"/internal/v1/quota", "application/json", bytes.NewReader([]byte(`{"node":"x","count":0}`)))
 	if err != nil {
@@ -74,11 +80,11 @@ func TestClusterQuotaTokens(t *testing.T) {
 	c.Kill(l)
 	// A killed node stops asking at once (its syncer's workers wait on it as they stop).
 	start := time.Now()
-	if _, err := ln.Tokens(testcluster.Ctx(t, 10*time.Second), "acct", 1, false); err == nil || time.Since(start) > 2*time.Second {
+	if _, err := ln.Tokens(testcluster.Ctx(t, 10*time.Second), "acct", 1, quota.LaneRest); err == nil || time.Since(start) > 2*time.Second {
 		t.Fatalf("tokens on a killed node: %v after %v", err, time.Since(start))
 	}
 	nl := c.WaitLeader(30 * time.Second)
-	if _, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 1, false); err != nil {
+	if _, err := f.Node().Tokens(testcluster.Ctx(t, 30*time.Second), "acct", 1, quota.LaneRest); err != nil {
 		t.Fatalf("tokens after the failover: %v", err)
 	}
 	st := nl.Node().QuotaStats()

@@ -453,6 +453,7 @@ func takeoverRun(b *testing.B, profile string, trials int) {
 		c := testcluster.New(b, testcluster.Options{Nodes: 3, Cards: 20_000, QuotaScale: 0.25, Profile: profile})
 		c.WaitStable(60 * time.Second)
 		var took, fenced []time.Duration
+		var kills []time.Time
 		var trialsText []string // one entry per trial; logged as one line (benchmark logs keep only 10)
 		notTrials := 0
 		b.ResetTimer()
@@ -461,6 +462,7 @@ func takeoverRun(b *testing.B, profile string, trials int) {
 				b.Fatalf("%d kills for %d trials: the killed members kept finishing their shards themselves", kill-1, len(took))
 			}
 			t := takeoverTrial(b, c, len(took) < trials-1)
+			kills = append(kills, t.at)
 			if t.shards == 0 {
 				notTrials++ // the killed member finished every shard it held itself
 				continue
@@ -485,7 +487,7 @@ func takeoverRun(b *testing.B, profile string, trials int) {
 		st := simCounts(c.Sim)
 		b.ReportMetric(float64(st.rejected), "rejected")
 		if st.rejected > 0 {
-			b.Logf("calls over quota at the simulator: %d (rate %d, concurrency %d)", st.rejected, st.rejectedRate, st.rejectedConc)
+			b.Logf("calls over quota at the simulator: %d (rate %d, concurrency %d): %s", st.rejected, st.rejectedRate, st.rejectedConc, rejectedWhen(c.Sim, kills))
 		}
 		c.Close()
 	}
@@ -508,6 +510,31 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 type takeover struct {
 	took, fenced time.Duration
 	shards       int
+	at           time.Time // the kill
+}
+
+// rejectedWhen names, for each call the simulator refused as over quota, its account
+// and the second it fell in, counted from the kill before it.
+func rejectedWhen(s *sim.Sim, kills []time.Time) string {
+	var parts []string
+	for id, a := range s.Stats().Accounts {
+		for _, sec := range a.PerSecond {
+			if sec.Rejected == 0 {
+				continue
+			}
+			at := time.Unix(sec.Unix, 0)
+			since := "before the first kill"
+			for i := len(kills) - 1; i >= 0; i-- {
+				if !kills[i].After(at.Add(time.Second)) {
+					since = fmt.Sprintf("%v after kill %d", at.Sub(kills[i]).Round(time.Second), i+1)
+					break
+				}
+			}
+			parts = append(parts, fmt.Sprintf("%s %d in the second %s", id, sec.Rejected, since))
+		}
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
 }
 
 type heldShard struct {
@@ -660,7 +687,7 @@ func takeoverTrial(b *testing.B, c *testcluster.Cluster, restart bool) takeover 
 		c.Restart(victim)
 		c.WaitStable(60 * time.Second)
 	}
-	return takeover{took, claimed, shards}
+	return takeover{took, claimed, shards, killed}
 }
 
 // slotsOf is a member's concurrency slots in force, per account.

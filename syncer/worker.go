@@ -32,11 +32,35 @@ type worker struct {
 	pending   int // cards processed since the last flush
 	lastFlush time.Time
 	// firstAnswer: the claim's first carrier answer is in; answerFlushed: a flush has
-	// carried it. The first answer is flushed at once rather than after FlushEvery cards
+	// carried the claim's first progress. The first answer (for a task taken over, also
+	// cards skipped as still valid) is flushed at once rather than after FlushEvery cards
 	// or FlushInterval: the first progress of a shard taken over from a dead member (or
 	// handed over) shows in the replicated state as soon as it exists.
 	firstAnswer, answerFlushed bool
 	deferred                   map[string]string // account -> why its cards wait for a later task
+	// takenOver is open while the claim resumes a task cut off under another claim (see
+	// cutOff) and has not progressed yet: its queries are urgent meanwhile
+	// (carrier.WithUrgency). It is closed by the claim's first answer or first flush of
+	// progress; nil for other claims.
+	takenOver     chan struct{}
+	takenOverOnce sync.Once
+}
+
+// cutOff reports whether a task found running when its shard was claimed at now was cut
+// off under an earlier claim (its owner died, was cut off, or handed the shard over): it
+// has made progress and flushed within the last lease. (A task its owner left for a
+// carrier backoff passes too once the backoff is over, if that was within the lease:
+// one shard per backoff, which the urgency costs nothing that matters.)
+func cutOff(ck fsm.Checkpoint, now time.Time, lease time.Duration) bool {
+	return ck.State == fsm.StateRunning && (ck.Cursor != "" || ck.Synced+ck.Skipped+ck.Failed > 0) &&
+		ck.UpdatedAt.After(now.Add(-lease))
+}
+
+// answered ends the urgency of a task taken over.
+func (w *worker) answered() {
+	if w.takenOver != nil {
+		w.takenOverOnce.Do(func() { close(w.takenOver) })
+	}
 }
 
 func (w *worker) stop(reason string) {
@@ -85,6 +109,10 @@ func (w *worker) work(ctx context.Context) error {
 	if ck.State == fsm.StateRunning {
 		// Claims 5 and 7: an unfinished task continues from the stored cursor.
 		w.taskID, w.cursor = ck.TaskID, ck.Cursor
+		if cutOff(ck, s.cfg.Now(), s.cfg.Lease) {
+			w.takenOver = make(chan struct{})
+			defer w.answered()
+		}
 	} else {
 		// Claim 6: check the dependency data before a new task; if it changed since the
 		// last task, the new task is started with it (StartTask records the version).
@@ -495,6 +523,11 @@ func (w *worker) call(ctx context.Context, b *batch, first bool) ([]carrier.Resu
 	if first {
 		cctx = carrier.WithPriority(cctx)
 	}
+	if w.takenOver != nil {
+		// Until the claim's first progress: a shard taken over goes ahead of the rounds
+		// started meanwhile, and stops doing so once it progresses.
+		cctx = carrier.WithUrgency(cctx, w.takenOver)
+	}
 	res, err := s.accounts[b.account].Query(cctx, iccids)
 	if errors.Is(err, carrier.ErrAbandoned) && !w.stopped() {
 		return nil, fmt.Errorf("%w (%v)", errQueueWait, wait)
@@ -569,6 +602,7 @@ func (w *worker) record(ctx context.Context, a answer) (ok bool, reason string, 
 		w.pending++
 	}
 	w.firstAnswer = true
+	w.answered()
 	return true, "", time.Time{}, nil
 }
 
@@ -649,7 +683,9 @@ func (w *worker) deferredNextRun() time.Time {
 }
 
 func (w *worker) maybeFlush(ctx context.Context) error {
-	first := w.firstAnswer && !w.answerFlushed
+	// The claim's first progress is flushed at once: its first answer, or for a task
+	// taken over also cards skipped as still valid.
+	first := !w.answerFlushed && (w.firstAnswer || w.takenOver != nil && w.skipped > 0)
 	if !first && w.pending < w.s.cfg.FlushEvery && w.s.cfg.Now().Sub(w.lastFlush) < w.s.cfg.FlushInterval {
 		return nil
 	}
@@ -678,9 +714,14 @@ func (w *worker) flush(ctx context.Context, done, release bool, reason string, n
 		return err
 	}
 	s.m.flushes.WithLabelValues("ok").Inc()
+	if len(f.Results) > 0 || w.takenOver != nil && f.Skipped > 0 {
+		// The claim's first progress is in the replicated state: a task taken over no
+		// longer needs to go ahead of the others.
+		w.answerFlushed = true
+		w.answered()
+	}
 	w.results, w.skipped, w.failed, w.pending = w.results[:0], 0, 0, 0
 	w.lastFlush = s.cfg.Now()
-	w.answerFlushed = w.firstAnswer
 	return nil
 }
 

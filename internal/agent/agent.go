@@ -19,6 +19,7 @@ import (
 
 	"cardsync/carrier"
 	"cardsync/fsm"
+	"cardsync/internal/quota"
 	"cardsync/node"
 	"cardsync/syncer"
 	"cardsync/webhook"
@@ -101,7 +102,7 @@ func Start(cfg Config) (*Agent, error) {
 	sc := cfg.Sync
 	if sc.ShareQuota && sc.SharedTokens {
 		for _, acct := range a.Accounts {
-			acct.SetTokenSource(n)
+			acct.SetTokenSource(tokenSource{n})
 		}
 	}
 	sc.Logger = cfg.Logger
@@ -300,4 +301,19 @@ func (b *abortBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.once.Do(b.done)
 	return err
+}
+
+// tokenSource takes a query's call tokens from the cluster's shared bucket on the Raft
+// leader, in the lane of the query's priority.
+type tokenSource struct{ n *node.Node }
+
+func (t tokenSource) Tokens(ctx context.Context, account string, count int, p carrier.Priority) ([]time.Duration, error) {
+	lane := quota.LaneRest
+	switch {
+	case p >= carrier.PriorityUrgent:
+		lane = quota.LaneUrgent
+	case p >= carrier.PriorityFirst:
+		lane = quota.LanePriority
+	}
+	return t.n.Tokens(ctx, account, count, lane)
 }

@@ -13,8 +13,10 @@
 //
 // Requests wait in a queue per account and take their tokens only when it is their turn
 // and a token is due, so a request given up while it waits (its node died, its query was
-// abandoned) costs nothing. Prioritized requests (Request.Priority: a shard round's first
-// query) go first, but an unprioritized one that waited past MaxWait/2 is not passed.
+// abandoned) costs nothing. Requests in a higher lane go first (Request.Lane: urgent, the
+// first queries of a task taken over from another member until its first answer; then
+// prioritized, a shard round's first query of each account), but an ordinary one that
+// waited past MaxWait/2 is not passed.
 //
 // The leader answers a request when its first token is due (with the offsets of the
 // others), after confirming its leadership (Config.Verify), so a node calls at once on the

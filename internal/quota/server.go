@@ -121,16 +121,17 @@ type Server struct {
 	granted map[string]uint64 // tokens granted per account, for Stats
 }
 
-// A bucket hands its tokens out in order to the requests queued on it: prioritized
-// requests first (see Request.Priority), each lane first come first served. A request
+// A bucket hands its tokens out in order to the requests queued on it: urgent requests
+// first, then prioritized ones (see Request.Priority and Request.Urgent), each lane
+// first come first served. A request
 // takes its tokens from the limiter only when it is its turn and the first is due, so
 // a request that is given up while it waits (its node died or stopped, its query was
 // abandoned) costs nothing and moves everyone behind it forward.
 type bucket struct {
 	lim    *rate.Limiter
 	limits Limits
-	lanes  [2][]*waiter // 0: prioritized, 1: the rest
-	timer  *time.Timer  // wakes the dispatcher when the next token is due
+	lanes  [numLanes][]*waiter // by Lane, served from LaneUrgent down
+	timer  *time.Timer         // wakes the dispatcher when the next token is due
 }
 
 type waiter struct {
@@ -147,13 +148,27 @@ type Request struct {
 	Node    string
 	Account string
 	Count   int
-	// Priority puts the request ahead of unprioritized ones (the first query of a shard's
-	// round: a shard just taken over or started gets its first answer after the calls
-	// already granted, not after every query queued in the cluster). A request without
-	// it that has waited longer than MaxWait/2 goes first all the same, so prioritized
-	// requests cannot starve the others.
-	Priority bool
+	// Lane is the request's place in the queue (LaneRest: none).
+	Lane Lane
 }
+
+// Lane is a request's lane in its account's queue: a request is served before those
+// waiting in lower lanes, except that a LaneRest request that has waited longer than
+// MaxWait/2 goes first all the same, so the higher lanes cannot starve it.
+type Lane int
+
+const (
+	// LaneRest is an ordinary query.
+	LaneRest Lane = iota
+	// LanePriority is the first query of a shard's round: a shard just started gets its
+	// first answer after the calls already granted, not after every query queued in the
+	// cluster.
+	LanePriority
+	// LaneUrgent is a query of a task taken over from another member (dead or handing
+	// over), before the task's first answer under its new owner.
+	LaneUrgent
+	numLanes
+)
 
 // NewServer returns a server that is not leading. limits reads an account's quota from
 // the replicated state; allow (may be nil) refuses a node the cluster revoked.
@@ -278,11 +293,9 @@ func (s *Server) enqueue(ctx context.Context, req Request, now time.Time) (*wait
 	b := s.bucketLocked(req.Account, lim, now)
 	// The last token's wait if nothing else arrives: the tokens queued ahead in the
 	// lanes served before this one, then this request's.
+	lane := min(max(req.Lane, LaneRest), numLanes-1)
 	ahead := req.Count
-	for lane := range b.lanes {
-		if lane == 1 && req.Priority {
-			break
-		}
+	for lane := lane; lane < numLanes; lane++ {
 		for _, o := range b.lanes[lane] {
 			ahead += o.n
 		}
@@ -298,10 +311,6 @@ func (s *Server) enqueue(ctx context.Context, req Request, now time.Time) (*wait
 	w := &waiter{n: req.Count, arrived: now, ready: make(chan struct{})}
 	if dl, ok := ctx.Deadline(); ok {
 		w.deadline = dl
-	}
-	lane := 1
-	if req.Priority {
-		lane = 0
 	}
 	b.lanes[lane] = append(b.lanes[lane], w)
 	s.dispatchLocked(req.Account, b, now)
@@ -321,19 +330,18 @@ func (s *Server) withdrawLocked(b *bucket, w *waiter) {
 	}
 }
 
-// next is the request whose turn it is: the prioritized lane's head, unless the other
-// lane's head has waited longer than half of MaxWait.
-func (s *Server) next(b *bucket, now time.Time) (lane int, ok bool) {
-	switch {
-	case len(b.lanes[0]) == 0 && len(b.lanes[1]) == 0:
-		return 0, false
-	case len(b.lanes[0]) == 0:
-		return 1, true
-	case len(b.lanes[1]) > 0 && now.Sub(b.lanes[1][0].arrived) > s.cfg.MaxWait/2:
-		return 1, true
-	default:
-		return 0, true
+// next is the request whose turn it is: the head of the first lane that has one, unless
+// the unprioritized lane's head has waited longer than half of MaxWait.
+func (s *Server) next(b *bucket, now time.Time) (lane Lane, ok bool) {
+	if rest := b.lanes[LaneRest]; len(rest) > 0 && now.Sub(rest[0].arrived) > s.cfg.MaxWait/2 {
+		return LaneRest, true
 	}
+	for lane := numLanes - 1; lane >= LaneRest; lane-- {
+		if len(b.lanes[lane]) > 0 {
+			return lane, true
+		}
+	}
+	return 0, false
 }
 
 // dispatchLocked gives tokens to the requests whose turn it is while a token is due,
@@ -424,8 +432,10 @@ type Stats struct {
 	Granted map[string]uint64 `json:"tokens_granted"`
 	// Waiting is the requests queued per account (prioritized ones included).
 	Waiting map[string]int `json:"requests_waiting"`
-	// WaitingPriority is the prioritized requests among them.
+	// WaitingPriority is the prioritized requests among them (urgent ones included).
 	WaitingPriority map[string]int `json:"priority_requests_waiting"`
+	// WaitingUrgent is the urgent requests among them.
+	WaitingUrgent map[string]int `json:"urgent_requests_waiting"`
 }
 
 // Stats returns the server's state.
@@ -433,11 +443,13 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := Stats{Leading: s.leading, HoldOff: s.cfg.HoldOff, Granted: map[string]uint64{},
-		Waiting: map[string]int{}, WaitingPriority: map[string]int{}}
+		Waiting: map[string]int{}, WaitingPriority: map[string]int{}, WaitingUrgent: map[string]int{}}
 	for a, b := range s.buckets {
-		if w := len(b.lanes[0]) + len(b.lanes[1]); w > 0 {
+		urgent, prio := len(b.lanes[LaneUrgent]), len(b.lanes[LanePriority])
+		if w := urgent + prio + len(b.lanes[LaneRest]); w > 0 {
 			st.Waiting[a] = w
-			st.WaitingPriority[a] = len(b.lanes[0])
+			st.WaitingPriority[a] = urgent + prio
+			st.WaitingUrgent[a] = urgent
 		}
 	}
 	if s.leading {

@@ -182,7 +182,7 @@ func TestGrantsNeverExceedTheBucket(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for time.Since(start) < 1500*time.Millisecond {
-				req := Request{Node: []string{"n1", "n2", "n3"}[i%3], Account: "acct", Count: 1 + i%2, Priority: i%4 == 0}
+				req := Request{Node: []string{"n1", "n2", "n3"}[i%3], Account: "acct", Count: 1 + i%2, Lane: map[bool]Lane{true: LanePriority}[i%4 == 0]}
 				w, _, _, err := s.enqueue(context.Background(), req, time.Now())
 				if errors.Is(err, ErrTooLate) {
 					continue
@@ -219,8 +219,9 @@ func TestGrantsNeverExceedTheBucket(t *testing.T) {
 	}
 }
 
-// TestPriorityAndAging: prioritized requests are served before the others queued ahead of
-// them, except that an unprioritized request waiting longer than MaxWait/2 goes first.
+// TestPriorityAndAging: requests in a higher lane are served before the others queued
+// ahead of them (urgent, then prioritized), except that an ordinary request waiting
+// longer than MaxWait/2 goes first.
 func TestPriorityAndAging(t *testing.T) {
 	s := leadingServer(t, 4, 1200*time.Millisecond)
 	now := time.Now()
@@ -229,8 +230,8 @@ func TestPriorityAndAging(t *testing.T) {
 		order []string
 		wg    sync.WaitGroup
 	)
-	serve := func(name string, prio bool) {
-		w, _, _, err := s.enqueue(context.Background(), Request{Node: "n1", Account: "acct", Count: 1, Priority: prio}, now)
+	serve := func(name string, lane Lane) {
+		w, _, _, err := s.enqueue(context.Background(), Request{Node: "n1", Account: "acct", Count: 1, Lane: lane}, now)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -244,14 +245,15 @@ func TestPriorityAndAging(t *testing.T) {
 		}()
 	}
 	// 4 tokens/s from an empty bucket: one token every 250 ms.
-	serve("normal", false)
+	serve("normal", LaneRest)
 	for _, p := range []string{"p1", "p2", "p3", "p4"} {
-		serve(p, true)
+		serve(p, LanePriority)
 	}
+	serve("u1", LaneUrgent)
 	wg.Wait()
 	pos := slices.Index(order, "normal")
-	if order[0] != "p1" || pos < 1 || pos == len(order)-1 {
-		t.Fatalf("served %v: want p1 first and the aged unprioritized request before the last prioritized one", order)
+	if order[0] != "u1" || order[1] != "p1" || pos < 2 || pos == len(order)-1 {
+		t.Fatalf("served %v: want u1, then p1, and the aged unprioritized request before the last prioritized one", order)
 	}
 }
 
@@ -320,7 +322,7 @@ func TestTurnAfterDeadlineIsRefused(t *testing.T) {
 	}()
 	waitQueued(t, s, "acct")
 	// Prioritized requests for 3 tokens go first: its turn comes after 750 ms.
-	if _, _, err := s.GrantPlanned(context.Background(), Request{Node: "n2", Account: "acct", Count: 3, Priority: true}); err != nil {
+	if _, _, err := s.GrantPlanned(context.Background(), Request{Node: "n2", Account: "acct", Count: 3, Lane: LanePriority}); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-late; !errors.Is(err, ErrTooLate) && !errors.Is(err, context.DeadlineExceeded) {
