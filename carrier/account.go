@@ -278,8 +278,8 @@ const (
 	PriorityNone Priority = iota
 	// PriorityFirst is a shard round's first query of the account (WithPriority).
 	PriorityFirst
-	// PriorityUrgent is a query of a task taken over from another member, sent before
-	// the task's first answer under its new owner (WithUrgency).
+	// PriorityUrgent is a query of a task taken over from another member, until the
+	// task's first progress under its new owner (WithUrgency).
 	PriorityUrgent
 	numPriorities
 )
@@ -307,10 +307,10 @@ func WithPriority(ctx context.Context) context.Context {
 // the slot of a prioritized query still waiting for its tokens. When until closes, a
 // query still waiting drops back to its own priority (WithPriority or none) and asks for
 // its tokens again at that priority. The syncer makes a task taken over from another
-// member urgent until its first answer is in: a dead member's shards then progress after
+// member urgent until its first progress: a dead member's shards then progress after
 // each other's first queries, not after every shard's round start in the cluster, and
-// a shard that got its first answer from one account stops holding up the others that
-// wait for a slower one.
+// a shard that progressed through one account stops holding up the others that wait
+// for a slower one.
 func WithUrgency(ctx context.Context, until <-chan struct{}) context.Context {
 	return context.WithValue(ctx, urgencyKey{}, until)
 }

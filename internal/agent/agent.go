@@ -308,12 +308,17 @@ func (b *abortBody) Close() error {
 type tokenSource struct{ n *node.Node }
 
 func (t tokenSource) Tokens(ctx context.Context, account string, count int, p carrier.Priority) ([]time.Duration, error) {
-	lane := quota.LaneRest
+	return t.n.Tokens(ctx, account, count, laneOf(p))
+}
+
+// laneOf is the lane of the leader's queue that a query of priority p waits in.
+func laneOf(p carrier.Priority) quota.Lane {
 	switch {
 	case p >= carrier.PriorityUrgent:
-		lane = quota.LaneUrgent
+		return quota.LaneUrgent
 	case p >= carrier.PriorityFirst:
-		lane = quota.LanePriority
+		return quota.LanePriority
+	default:
+		return quota.LaneRest
 	}
-	return t.n.Tokens(ctx, account, count, lane)
 }
