@@ -183,7 +183,9 @@ func TestOperatorAPI(t *testing.T) {
 	if code := postJSON(t, base+"/v1/shards/"+sh.ID+"/release", map[string]string{"reason": "test"}, &r); code != 200 {
 		t.Fatalf("release: %d %v", code, r)
 	}
-	if after, _ := ln.FSM().Shard(sh.ID); after.Epoch <= before.Epoch || after.Owner != "" {
+	// The shard is due again (resynced above), so its ring owner may claim it back at
+	// once: then the epoch has moved twice, the release's and the new claim's.
+	if after, _ := ln.FSM().Shard(sh.ID); after.Epoch <= before.Epoch || (after.Owner != "" && after.Epoch < before.Epoch+2) {
 		t.Fatalf("release: epoch %d -> %d, owner %q", before.Epoch, after.Epoch, after.Owner)
 	}
 	// Checkpoint: park the shard an hour ahead.
