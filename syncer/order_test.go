@@ -188,9 +188,9 @@ func TestPlanGroups(t *testing.T) {
 	}
 }
 
-// TestCutOff: a task found running at the claim is taken over (its queries urgent until
-// its first progress) only when it made progress and flushed within the last lease.
-func TestCutOff(t *testing.T) {
+// TestTakenOver: a task found running at the claim is taken over (its queries urgent
+// until its first progress) only when it made progress and flushed within the last lease.
+func TestTakenOver(t *testing.T) {
 	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
 	lease := 30 * time.Second
 	for _, tc := range []struct {
@@ -204,8 +204,8 @@ func TestCutOff(t *testing.T) {
 		{"last flush older than the lease", fsm.Checkpoint{State: fsm.StateRunning, Cursor: "8986001", UpdatedAt: now.Add(-lease - time.Second)}, false},
 		{"task finished", fsm.Checkpoint{State: fsm.StateDone, Cursor: "8986001", UpdatedAt: now.Add(-time.Second)}, false},
 	} {
-		if got := cutOff(tc.ck, now, lease); got != tc.want {
-			t.Errorf("%s: cutOff = %v, want %v", tc.name, got, tc.want)
+		if got := takenOver(tc.ck, now, lease); got != tc.want {
+			t.Errorf("%s: takenOver = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }

@@ -239,15 +239,14 @@ func (s *Syncer) poll(ctx context.Context) {
 	// expired mid-task, not released for a backoff): it resumes before the group's other
 	// shards start, so a member's death does not leave its shards waiting behind a
 	// whole shard of the same group that another member started meanwhile.
-	cutOff := map[int][]string{}
+	cutGroups := map[int][]string{}
 	for _, sh := range shards {
 		switch {
 		case sh.LiveClaim(start):
 			liveGroup[sh.Group] = sh.ID
 			groupOwner[sh.Group] = sh.Owner
-		case sh.Checkpoint.State == fsm.StateRunning && !sh.Checkpoint.NextRunAt.After(start) &&
-			sh.Checkpoint.UpdatedAt.After(start.Add(-s.cfg.Lease)):
-			cutOff[sh.Group] = append(cutOff[sh.Group], sh.ID)
+		case cutOff(sh.Checkpoint, start, s.cfg.Lease) && !sh.Checkpoint.NextRunAt.After(start):
+			cutGroups[sh.Group] = append(cutGroups[sh.Group], sh.ID)
 		}
 	}
 	// The next shard of each group that has just come free, for the whole cluster
@@ -255,7 +254,7 @@ func (s *Syncer) poll(ctx context.Context) {
 	rem := remainingWork(shards, accts, start)
 	capacity := queryCapacity(accts)
 	hold := map[int]bool{}
-	for g := range cutOff {
+	for g := range cutGroups {
 		hold[g] = true
 	}
 	plan := planGroups(planInput{shards: shards, owners: owners, ents: ents, hold: hold, rem: rem, capacity: capacity,
@@ -285,9 +284,9 @@ func (s *Syncer) poll(ctx context.Context) {
 			if groupOwner[sh.Group] != me {
 				groupWait = true
 			}
-		case len(cutOff[sh.Group]) > 0 && !slices.Contains(cutOff[sh.Group], sh.ID) && liveGroup[sh.Group] == "":
+		case len(cutGroups[sh.Group]) > 0 && !slices.Contains(cutGroups[sh.Group], sh.ID) && liveGroup[sh.Group] == "":
 			// the group's cut-off task goes first (its ring owner claims it)
-			if owners[cutOff[sh.Group][0]] != me {
+			if owners[cutGroups[sh.Group][0]] != me {
 				groupWait = true
 			}
 		case plan[sh.Group] != "" && plan[sh.Group] != sh.ID:
@@ -304,7 +303,7 @@ func (s *Syncer) poll(ctx context.Context) {
 		c := cands[pickNext(cands, load, rem, capacity)]
 		sh := c.sh
 		cands = slices.DeleteFunc(cands, func(o candidate) bool { return o.sh.ID == sh.ID })
-		if len(runningHere) >= s.cfg.MaxWorkers && !slices.Contains(cutOff[sh.Group], sh.ID) {
+		if len(runningHere) >= s.cfg.MaxWorkers && !slices.Contains(cutGroups[sh.Group], sh.ID) {
 			// At the worker bound only a cut-off task is taken: a dead member's
 			// unfinished tasks resume at once, whatever this node runs (they are at most
 			// the dead member's own workers).

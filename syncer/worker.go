@@ -39,21 +39,27 @@ type worker struct {
 	firstAnswer, answerFlushed bool
 	deferred                   map[string]string // account -> why its cards wait for a later task
 	// takenOver is open while the claim resumes a task cut off under another claim (see
-	// cutOff) and has not progressed yet: its queries are urgent meanwhile
+	// the function takenOver) and has not progressed yet: its queries are urgent meanwhile
 	// (carrier.WithUrgency). It is closed by the claim's first answer or first flush of
 	// progress; nil for other claims.
 	takenOver     chan struct{}
 	takenOverOnce sync.Once
 }
 
-// cutOff reports whether a task found running when its shard was claimed at now was cut
-// off under an earlier claim (its owner died, was cut off, or handed the shard over): it
-// has made progress and flushed within the last lease. (A task its owner left for a
-// carrier backoff passes too once the backoff is over, if that was within the lease:
-// one shard per backoff, which the urgency costs nothing that matters.)
+// cutOff reports whether a task is running without a live claim after a flush within
+// the last lease at now: cut off under its claim (its owner died, was cut off, or handed
+// the shard over). The poller resumes such a task first in its group; a claim that
+// resumes one with progress (takenOver) is urgent until it progresses. (A task its owner
+// left for a carrier backoff passes too once the backoff is over, if that was within
+// the lease: one shard per backoff, which the urgency costs nothing that matters.)
 func cutOff(ck fsm.Checkpoint, now time.Time, lease time.Duration) bool {
-	return ck.State == fsm.StateRunning && (ck.Cursor != "" || ck.Synced+ck.Skipped+ck.Failed > 0) &&
-		ck.UpdatedAt.After(now.Add(-lease))
+	return ck.State == fsm.StateRunning && ck.UpdatedAt.After(now.Add(-lease))
+}
+
+// takenOver reports whether a claim at now resumes a task cut off under another claim
+// after it made progress.
+func takenOver(ck fsm.Checkpoint, now time.Time, lease time.Duration) bool {
+	return cutOff(ck, now, lease) && (ck.Cursor != "" || ck.Synced+ck.Skipped+ck.Failed > 0)
 }
 
 // answered ends the urgency of a task taken over.
@@ -109,7 +115,7 @@ func (w *worker) work(ctx context.Context) error {
 	if ck.State == fsm.StateRunning {
 		// Claims 5 and 7: an unfinished task continues from the stored cursor.
 		w.taskID, w.cursor = ck.TaskID, ck.Cursor
-		if cutOff(ck, s.cfg.Now(), s.cfg.Lease) {
+		if takenOver(ck, s.cfg.Now(), s.cfg.Lease) {
 			w.takenOver = make(chan struct{})
 			defer w.answered()
 		}

@@ -295,8 +295,8 @@ func (s *Server) enqueue(ctx context.Context, req Request, now time.Time) (*wait
 	// lanes served before this one, then this request's.
 	lane := min(max(req.Lane, LaneRest), numLanes-1)
 	ahead := req.Count
-	for lane := lane; lane < numLanes; lane++ {
-		for _, o := range b.lanes[lane] {
+	for l := lane; l < numLanes; l++ {
+		for _, o := range b.lanes[l] {
 			ahead += o.n
 		}
 	}
